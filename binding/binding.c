@@ -1,0 +1,574 @@
+/*
+ * binding.c: N-API glue only. Unpacks arguments, runs the subsystem functions
+ * (on the libuv pool when they may block), and turns -errno into JS errors.
+ * Argument policy (defaults, validation of meaning) lives in lib/native.ts.
+ */
+#include <errno.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <uv.h>
+
+#include "macros.h"
+#include "nacelle.h"
+
+/* ---- spawn -------------------------------------------------------------- */
+
+struct spawn_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  struct arena arena;
+  struct spawn_desc desc;
+  struct spawn_result result;
+  struct spawn_failure failure;
+  int err;
+};
+
+static void spawn_execute(napi_env env, void *data) {
+  struct spawn_job *job = data;
+  job->err = nacelle_spawn(&job->desc, &job->result, &job->failure);
+}
+
+static void spawn_complete(napi_env env, napi_status status, void *data) {
+  struct spawn_job *job = data;
+  napi_value result;
+  if (job->err == 0) {
+    napi_create_object(env, &result);
+    set_int32(env, result, "pid", job->result.pid);
+    set_int32(env, result, "pidfd", job->result.pidfd);
+    napi_resolve_deferred(env, job->deferred, result);
+  } else {
+    const char *path = NULL;
+    const char *syscall = nacelle_spawn_step_syscall(job->failure.step, &job->desc, job->failure.index, &path);
+    napi_value error = nacelle_errno_error(env, job->err, syscall, path);
+    set_int32(env, error, "step", job->failure.step);
+    set_int32(env, error, "index", job->failure.index);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  napi_delete_async_work(env, job->work);
+  arena_free(&job->arena);
+  free(job);
+}
+
+static bool parse_int_array(napi_env env, napi_value obj, const char *name, struct arena *a, int **out, int *len) {
+  napi_value arr, item;
+  uint32_t n = 0;
+  *out = NULL;
+  *len = 0;
+  if (!prop(env, obj, name, &arr)) return false;
+  if (!arr) return true;
+  NAPI_OK(env, napi_get_array_length(env, arr, &n));
+  int *list = arena_alloc(a, (n ? n : 1) * sizeof(int));
+  if (!list) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return false;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    int32_t v;
+    NAPI_OK(env, napi_get_element(env, arr, i, &item));
+    if (!arg_int32(env, item, &v)) return false;
+    list[i] = v;
+  }
+  *out = list;
+  *len = (int)n;
+  return true;
+}
+
+static bool parse_ops(napi_env env, napi_value obj, struct arena *a, struct spawn_desc *d) {
+  napi_value arr, item;
+  uint32_t n = 0;
+  if (!prop(env, obj, "ops", &arr)) return false;
+  if (!arr) return true;
+  NAPI_OK(env, napi_get_array_length(env, arr, &n));
+  struct spawn_op *ops = arena_alloc(a, (n ? n : 1) * sizeof *ops);
+  if (!ops) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return false;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    int32_t kind, op_flags, mode;
+    int64_t flags, dev;
+    NAPI_OK(env, napi_get_element(env, arr, i, &item));
+    if (!prop_int32(env, item, "kind", 0, &kind) || !prop_int32(env, item, "opFlags", 0, &op_flags) ||
+        !prop_int32(env, item, "mode", 0, &mode) || !prop_int64(env, item, "flags", 0, &flags) ||
+        !prop_int64(env, item, "dev", 0, &dev) || !prop_string(env, item, "source", a, (char **)&ops[i].source) ||
+        !prop_string(env, item, "target", a, (char **)&ops[i].target) ||
+        !prop_string(env, item, "fstype", a, (char **)&ops[i].fstype) ||
+        !prop_string(env, item, "data", a, (char **)&ops[i].data))
+      return false;
+    if (kind < SPAWN_OP_MOUNT || kind > SPAWN_OP_CREATE || !ops[i].target) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "spawn op needs a known kind and a target");
+      return false;
+    }
+    ops[i].kind = kind;
+    ops[i].op_flags = op_flags;
+    ops[i].mode = (unsigned)mode;
+    ops[i].flags = (unsigned long)flags;
+    ops[i].dev = (uint64_t)dev;
+  }
+  d->ops = ops;
+  d->nops = (int)n;
+  return true;
+}
+
+static bool parse_spawn_desc(napi_env env, napi_value obj, struct arena *a, struct spawn_desc *d) {
+  uint32_t n;
+  int32_t i32;
+  int64_t i64;
+  bool b;
+  char **strs;
+  int *ints;
+  int nints;
+
+  if (!prop_string(env, obj, "file", a, (char **)&d->file)) return false;
+  if (!d->file) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "spawn needs a file");
+    return false;
+  }
+  if (!prop_string_array(env, obj, "argv", a, &strs, &n)) return false;
+  if (!strs || n == 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "spawn needs a non-empty argv");
+    return false;
+  }
+  d->argv = strs;
+  if (!prop_string_array(env, obj, "env", a, &strs, &n)) return false;
+  if (!strs) {
+    strs = arena_alloc(a, sizeof(char *));
+    if (!strs) return false;
+  }
+  d->envp = strs;
+  d->path_env = NULL;
+  for (uint32_t i = 0; i < n; i++) {
+    if (strncmp(strs[i], "PATH=", 5) == 0) d->path_env = strs[i] + 5;
+  }
+  if (!prop_string(env, obj, "cwd", a, (char **)&d->cwd)) return false;
+  if (!prop_int64(env, obj, "cloneFlags", 0, &i64)) return false;
+  d->clone_flags = (unsigned long)i64;
+  if (!prop_int64(env, obj, "uid", -1, &i64)) return false;
+  d->set_uid = i64 >= 0;
+  d->uid = (uid_t)i64;
+  if (!prop_int64(env, obj, "gid", -1, &i64)) return false;
+  d->set_gid = i64 >= 0;
+  d->gid = (gid_t)i64;
+  if (!parse_int_array(env, obj, "groups", a, &ints, &nints)) return false;
+  d->set_groups = ints != NULL;
+  d->groups = (const gid_t *)ints; /* gid_t and int have one size on Linux */
+  d->ngroups = nints;
+  if (!prop_string(env, obj, "uidMap", a, (char **)&d->uid_map) ||
+      !prop_string(env, obj, "gidMap", a, (char **)&d->gid_map) ||
+      !prop_string(env, obj, "setgroups", a, (char **)&d->setgroups))
+    return false;
+  d->stdio[0] = d->stdio[1] = d->stdio[2] = -1;
+  if (!parse_int_array(env, obj, "stdio", a, &ints, &nints)) return false;
+  for (int i = 0; i < nints && i < 3; i++) d->stdio[i] = ints[i];
+  if (!prop_string(env, obj, "hostname", a, (char **)&d->hostname)) return false;
+  if (!parse_ops(env, obj, a, d)) return false;
+  if (!prop_string(env, obj, "pivotRoot", a, (char **)&d->pivot_root)) return false;
+  if (!parse_int_array(env, obj, "joinFds", a, &ints, &nints)) return false;
+  d->join_fds = ints;
+  d->njoin = nints;
+  if (!prop_string_array(env, obj, "cgroupProcs", a, &strs, &n)) return false;
+  d->cgroup_procs = (const char *const *)strs;
+  d->ncgroups = (int)n;
+  if (!prop_bool(env, obj, "detached", &b)) return false;
+  d->detached = b;
+  if (!prop_int32(env, obj, "deathSignal", 0, &i32)) return false;
+  d->death_signal = i32;
+  return true;
+}
+
+static napi_value Spawn(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  struct spawn_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    nacelle_throw_errno(env, ENOMEM, "spawn", NULL);
+    return NULL;
+  }
+  if (!parse_spawn_desc(env, argv[0], &job->arena, &job->desc)) {
+    arena_free(&job->arena);
+    free(job);
+    return NULL;
+  }
+  napi_value promise, name;
+  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
+  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:spawn", NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_create_async_work(env, NULL, name, spawn_execute, spawn_complete, job, &job->work));
+  NAPI_CALL(env, napi_queue_async_work(env, job->work));
+  return promise;
+}
+
+/* ---- waiting on a pidfd ------------------------------------------------- */
+
+struct wait_req {
+  uv_poll_t poll;
+  napi_env env;
+  napi_deferred deferred;
+  napi_async_context async_ctx;
+  int pidfd;
+};
+
+static void wait_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void wait_cleanup_hook(void *data) {
+  struct wait_req *req = data;
+  uv_poll_stop(&req->poll);
+  uv_close((uv_handle_t *)&req->poll, wait_closed);
+}
+
+static void wait_settle(struct wait_req *req, int err, const struct exit_status *st) {
+  napi_env env = req->env;
+  napi_handle_scope hscope;
+  napi_callback_scope cscope;
+  napi_value resource, value;
+
+  uv_poll_stop(&req->poll);
+  napi_remove_env_cleanup_hook(env, wait_cleanup_hook, req);
+  napi_open_handle_scope(env, &hscope);
+  /* A callback scope so the promise's reactions (microtasks) run now. */
+  napi_create_object(env, &resource);
+  napi_open_callback_scope(env, resource, req->async_ctx, &cscope);
+  if (err) {
+    napi_reject_deferred(env, req->deferred, nacelle_errno_error(env, err, "waitid", NULL));
+  } else {
+    napi_create_object(env, &value);
+    set_int32(env, value, "exitCode", st->exit_code);
+    set_int32(env, value, "signal", st->signal);
+    set_bool(env, value, "coreDumped", st->core_dumped);
+    napi_resolve_deferred(env, req->deferred, value);
+  }
+  napi_close_callback_scope(env, cscope);
+  napi_async_destroy(env, req->async_ctx);
+  napi_close_handle_scope(env, hscope);
+  uv_close((uv_handle_t *)&req->poll, wait_closed);
+}
+
+static void wait_on_poll(uv_poll_t *h, int status, int events) {
+  struct wait_req *req = h->data;
+  struct exit_status st = {0};
+  if (status < 0) {
+    wait_settle(req, -status, &st);
+    return;
+  }
+  int err = nacelle_pidfd_reap(req->pidfd, &st);
+  if (err < 0) wait_settle(req, -err, &st);
+  else if (st.exited) wait_settle(req, 0, &st);
+  /* else: spurious wake-up, keep polling */
+}
+
+static napi_value WaitPidfd(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  int32_t pidfd;
+  if (!arg_int32(env, argv[0], &pidfd)) return NULL;
+
+  /* Already exited? Settle without touching the loop. */
+  struct exit_status st = {0};
+  napi_value promise, value, name;
+  napi_deferred deferred;
+  int err = nacelle_pidfd_reap(pidfd, &st);
+  if (err < 0) {
+    nacelle_throw_errno(env, -err, "waitid", NULL);
+    return NULL;
+  }
+  NAPI_CALL(env, napi_create_promise(env, &deferred, &promise));
+  if (st.exited) {
+    napi_create_object(env, &value);
+    set_int32(env, value, "exitCode", st.exit_code);
+    set_int32(env, value, "signal", st.signal);
+    set_bool(env, value, "coreDumped", st.core_dumped);
+    napi_resolve_deferred(env, deferred, value);
+    return promise;
+  }
+
+  uv_loop_t *loop;
+  NAPI_CALL(env, napi_get_uv_event_loop(env, &loop));
+  struct wait_req *req = calloc(1, sizeof *req);
+  if (!req) {
+    napi_reject_deferred(env, deferred, nacelle_errno_error(env, ENOMEM, "waitid", NULL));
+    return promise;
+  }
+  req->env = env;
+  req->deferred = deferred;
+  req->pidfd = pidfd;
+  req->poll.data = req;
+  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:wait", NAPI_AUTO_LENGTH, &name));
+  napi_value resource;
+  NAPI_CALL(env, napi_create_object(env, &resource));
+  NAPI_CALL(env, napi_async_init(env, resource, name, &req->async_ctx));
+  int r = uv_poll_init(loop, &req->poll, pidfd);
+  if (r < 0) {
+    napi_async_destroy(env, req->async_ctx);
+    napi_reject_deferred(env, deferred, nacelle_errno_error(env, -r, "uv_poll_init", NULL));
+    free(req);
+    return promise;
+  }
+  req->poll.data = req;
+  r = uv_poll_start(&req->poll, UV_READABLE, wait_on_poll);
+  if (r < 0) {
+    napi_async_destroy(env, req->async_ctx);
+    napi_reject_deferred(env, deferred, nacelle_errno_error(env, -r, "uv_poll_start", NULL));
+    uv_close((uv_handle_t *)&req->poll, wait_closed);
+    return promise;
+  }
+  napi_add_env_cleanup_hook(env, wait_cleanup_hook, req);
+  return promise;
+}
+
+static napi_value ReapPidfd(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  int32_t pidfd;
+  if (!arg_int32(env, argv[0], &pidfd)) return NULL;
+  struct exit_status st = {0};
+  int err = nacelle_pidfd_reap(pidfd, &st);
+  if (err < 0) {
+    nacelle_throw_errno(env, -err, "waitid", NULL);
+    return NULL;
+  }
+  napi_value value;
+  if (!st.exited) {
+    NAPI_CALL(env, napi_get_null(env, &value));
+    return value;
+  }
+  NAPI_CALL(env, napi_create_object(env, &value));
+  set_int32(env, value, "exitCode", st.exit_code);
+  set_int32(env, value, "signal", st.signal);
+  set_bool(env, value, "coreDumped", st.core_dumped);
+  return value;
+}
+
+/* ---- small synchronous calls ------------------------------------------- */
+
+static napi_value PidfdOpen(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  int32_t pid;
+  if (!arg_int32(env, argv[0], &pid)) return NULL;
+  int fd = nacelle_pidfd_open(pid);
+  if (fd < 0) {
+    nacelle_throw_errno(env, -fd, "pidfd_open", NULL);
+    return NULL;
+  }
+  napi_value v;
+  NAPI_CALL(env, napi_create_int32(env, fd, &v));
+  return v;
+}
+
+static napi_value PidfdSendSignal(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  int32_t pidfd, sig;
+  if (!arg_int32(env, argv[0], &pidfd) || !arg_int32(env, argv[1], &sig)) return NULL;
+  int err = nacelle_pidfd_send_signal(pidfd, sig);
+  if (err < 0) nacelle_throw_errno(env, -err, "pidfd_send_signal", NULL);
+  return NULL;
+}
+
+static napi_value Pipe(napi_env env, napi_callback_info info) {
+  int fds[2];
+  int err = nacelle_pipe(fds);
+  if (err < 0) {
+    nacelle_throw_errno(env, -err, "pipe2", NULL);
+    return NULL;
+  }
+  napi_value arr, v;
+  NAPI_CALL(env, napi_create_array_with_length(env, 2, &arr));
+  for (uint32_t i = 0; i < 2; i++) {
+    NAPI_CALL(env, napi_create_int32(env, fds[i], &v));
+    NAPI_CALL(env, napi_set_element(env, arr, i, v));
+  }
+  return arr;
+}
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], &fd)) return NULL;
+  int err = nacelle_close(fd);
+  if (err < 0) nacelle_throw_errno(env, -err, "close", NULL);
+  return NULL;
+}
+
+static napi_value PivotRoot(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  struct arena a = {0};
+  char *new_root, *put_old;
+  if (arg_string(env, argv[0], &a, &new_root) && arg_string(env, argv[1], &a, &put_old)) {
+    int err = nacelle_pivot_root(new_root, put_old);
+    if (err < 0) nacelle_throw_errno(env, -err, "pivot_root", new_root);
+  }
+  arena_free(&a);
+  return NULL;
+}
+
+static napi_value Setns(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  int32_t fd, nstype;
+  if (!arg_int32(env, argv[0], &fd) || !arg_int32(env, argv[1], &nstype)) return NULL;
+  int err = nacelle_setns(fd, nstype);
+  if (err < 0) nacelle_throw_errno(env, -err, "setns", NULL);
+  return NULL;
+}
+
+static napi_value Sethostname(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  struct arena a = {0};
+  char *name;
+  if (arg_string(env, argv[0], &a, &name)) {
+    int err = nacelle_sethostname(name);
+    if (err < 0) nacelle_throw_errno(env, -err, "sethostname", NULL);
+  }
+  arena_free(&a);
+  return NULL;
+}
+
+static napi_value KvmProbe(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  struct arena a = {0};
+  char *path;
+  napi_value result = NULL;
+  if (arg_string(env, argv[0], &a, &path)) {
+    struct kvm_probe_result r = {0};
+    int err = nacelle_kvm_probe(path, &r);
+    if (err < 0) {
+      nacelle_throw_errno(env, -err, "open", path);
+    } else if (napi_create_object(env, &result) == napi_ok) {
+      set_int32(env, result, "apiVersion", r.api_version);
+      set_int32(env, result, "maxVcpus", r.max_vcpus);
+      set_int32(env, result, "recommendedVcpus", r.recommended_vcpus);
+      set_bool(env, result, "irqchip", r.has_irqchip);
+      set_bool(env, result, "userMemory", r.has_user_memory);
+      set_bool(env, result, "immediateExit", r.has_immediate_exit);
+    }
+  }
+  arena_free(&a);
+  return result;
+}
+
+/* ---- mount and umount on the pool -------------------------------------- */
+
+struct mount_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  struct arena arena;
+  int is_umount;
+  char *source, *target, *fstype, *data;
+  int64_t flags;
+  int err;
+};
+
+static void mount_execute(napi_env env, void *data) {
+  struct mount_job *job = data;
+  job->err = job->is_umount ? nacelle_umount(job->target, (int)job->flags)
+                            : nacelle_mount(job->source, job->target, job->fstype, (unsigned long)job->flags, job->data);
+}
+
+static void mount_complete(napi_env env, napi_status status, void *data) {
+  struct mount_job *job = data;
+  napi_value undefined;
+  if (job->err < 0) {
+    napi_reject_deferred(env, job->deferred,
+                         nacelle_errno_error(env, -job->err, job->is_umount ? "umount2" : "mount", job->target));
+  } else {
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  }
+  napi_delete_async_work(env, job->work);
+  arena_free(&job->arena);
+  free(job);
+}
+
+static napi_value queue_mount_job(napi_env env, struct mount_job *job) {
+  napi_value promise, name;
+  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
+  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:mount", NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_create_async_work(env, NULL, name, mount_execute, mount_complete, job, &job->work));
+  NAPI_CALL(env, napi_queue_async_work(env, job->work));
+  return promise;
+}
+
+static napi_value Mount(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(5);
+  struct mount_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    nacelle_throw_errno(env, ENOMEM, "mount", NULL);
+    return NULL;
+  }
+  if (!arg_string_or_null(env, argv[0], &job->arena, &job->source) ||
+      !arg_string(env, argv[1], &job->arena, &job->target) ||
+      !arg_string_or_null(env, argv[2], &job->arena, &job->fstype) || !arg_int64(env, argv[3], &job->flags) ||
+      !arg_string_or_null(env, argv[4], &job->arena, &job->data)) {
+    arena_free(&job->arena);
+    free(job);
+    return NULL;
+  }
+  return queue_mount_job(env, job);
+}
+
+static napi_value Umount(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  struct mount_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    nacelle_throw_errno(env, ENOMEM, "umount2", NULL);
+    return NULL;
+  }
+  job->is_umount = 1;
+  if (!arg_string(env, argv[0], &job->arena, &job->target) || !arg_int64(env, argv[1], &job->flags)) {
+    arena_free(&job->arena);
+    free(job);
+    return NULL;
+  }
+  return queue_mount_job(env, job);
+}
+
+/* ---- constants and module init ----------------------------------------- */
+
+static bool set_const(napi_env env, napi_value obj, const char *name, int64_t value) {
+  napi_value v;
+  NAPI_OK(env, napi_create_int64(env, value, &v));
+  NAPI_OK(env, napi_set_named_property(env, obj, name, v));
+  return true;
+}
+
+static napi_value make_constants(napi_env env) {
+  napi_value c;
+  NAPI_CALL(env, napi_create_object(env, &c));
+#define C(name) set_const(env, c, #name, name)
+  C(CLONE_NEWNS); C(CLONE_NEWUTS); C(CLONE_NEWIPC); C(CLONE_NEWUSER); C(CLONE_NEWPID); C(CLONE_NEWNET);
+  C(CLONE_NEWCGROUP);
+  C(MS_RDONLY); C(MS_NOSUID); C(MS_NODEV); C(MS_NOEXEC); C(MS_SYNCHRONOUS); C(MS_REMOUNT); C(MS_MANDLOCK);
+  C(MS_DIRSYNC); C(MS_NOATIME); C(MS_NODIRATIME); C(MS_BIND); C(MS_MOVE); C(MS_REC); C(MS_SILENT);
+  C(MS_UNBINDABLE); C(MS_PRIVATE); C(MS_SLAVE); C(MS_SHARED); C(MS_RELATIME); C(MS_STRICTATIME);
+  C(MNT_FORCE); C(MNT_DETACH); C(MNT_EXPIRE); C(UMOUNT_NOFOLLOW);
+  C(SPAWN_OP_MOUNT); C(SPAWN_OP_UMOUNT); C(SPAWN_OP_MKDIR); C(SPAWN_OP_SYMLINK); C(SPAWN_OP_MKNOD);
+  C(SPAWN_OP_CHMOD); C(SPAWN_OP_CREATE); C(SPAWN_OP_OPTIONAL);
+#undef C
+  return c;
+}
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor fns[] = {
+      {"spawn", NULL, Spawn, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"waitPidfd", NULL, WaitPidfd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"reapPidfd", NULL, ReapPidfd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pidfdOpen", NULL, PidfdOpen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pidfdSendSignal", NULL, PidfdSendSignal, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pipe", NULL, Pipe, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"close", NULL, Close, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mount", NULL, Mount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"umount", NULL, Umount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pivotRoot", NULL, PivotRoot, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setns", NULL, Setns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sethostname", NULL, Sethostname, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"kvmProbe", NULL, KvmProbe, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  NAPI_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
+  napi_value constants = make_constants(env);
+  if (!constants) return NULL;
+  NAPI_CALL(env, napi_set_named_property(env, exports, "constants", constants));
+  return exports;
+}
+
+NAPI_MODULE_INIT() {
+  return Init(env, exports);
+}

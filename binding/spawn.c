@@ -1,0 +1,435 @@
+/*
+ * spawn.c: start one process in new namespaces from a flat description.
+ *
+ * The child is created with clone(CLONE_VM | CLONE_PIDFD | namespaces) on a
+ * stack of its own, like posix_spawn, so nothing of Node's large address space
+ * is copied. Because it shares the parent's memory and thread pointer, the
+ * child only makes raw system calls (rawsys.h): no malloc, no locks, no errno.
+ *
+ * The parent runs on a libuv pool thread (never the JS thread) and:
+ *   1. writes setgroups/uid_map/gid_map and cgroup.procs while the child
+ *      waits on the sync pipe;
+ *   2. releases the child with one byte;
+ *   3. reads the error pipe: EOF means execve succeeded (the pipe is
+ *      O_CLOEXEC), a struct spawn_failure means the child stopped at a step,
+ *      in which case the child is reaped here and the error returned.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "nacelle.h"
+#include "rawsys.h"
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+#define CHILD_STACK_SIZE (256 * 1024)
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+struct child_args {
+  const struct spawn_desc *desc;
+  int sync_r;
+  int err_w;
+  pid_t parent;
+};
+
+/* ---- child side: raw syscalls only ------------------------------------- */
+
+static size_t child_strlen(const char *s) {
+  size_t n = 0;
+  while (s[n]) n++;
+  return n;
+}
+
+__attribute__((noreturn)) static void child_fail(const struct child_args *a, int step, long err, int index) {
+  struct spawn_failure f = {.step = step, .err = (int)(err < 0 ? -err : err), .index = index};
+  (void)RS3(SYS_write, a->err_w, &f, sizeof f);
+  RS1(SYS_exit_group, 127);
+  __builtin_unreachable();
+}
+
+/* Kernel layout of struct sigaction for rt_sigaction (same on x86_64 and arm64). */
+struct kernel_sigaction {
+  void *handler;
+  unsigned long flags;
+  void *restorer;
+  unsigned long mask;
+};
+
+static void child_reset_signals(void) {
+  struct kernel_sigaction dfl = {0};
+  for (int sig = 1; sig < 65; sig++) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    (void)RS4(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+  }
+}
+
+static long child_exec_search(const struct spawn_desc *d) {
+  const char *file = d->file;
+  for (const char *p = file; *p; p++) {
+    if (*p == '/') return RS3(SYS_execve, file, d->argv, d->envp);
+  }
+  const char *path = d->path_env ? d->path_env : DEFAULT_PATH;
+  size_t flen = child_strlen(file);
+  char buf[4096];
+  long result = -ENOENT;
+  int seen_eacces = 0;
+  const char *dir = path;
+  for (;;) {
+    const char *end = dir;
+    while (*end && *end != ':') end++;
+    size_t dlen = (size_t)(end - dir);
+    if (dlen == 0) { /* empty entry means the current directory */
+      buf[0] = '.';
+      dlen = 1;
+    } else if (dlen + flen + 2 <= sizeof buf) {
+      for (size_t i = 0; i < dlen; i++) buf[i] = dir[i];
+    } else {
+      dlen = 0;
+    }
+    if (dlen + flen + 2 <= sizeof buf && dlen > 0) {
+      buf[dlen] = '/';
+      for (size_t i = 0; i <= flen; i++) buf[dlen + 1 + i] = file[i];
+      result = RS3(SYS_execve, buf, d->argv, d->envp);
+      if (result == -EACCES) seen_eacces = 1;
+      else if (result != -ENOENT && result != -ENOTDIR && result != -ENAMETOOLONG) return result;
+    }
+    if (!*end) break;
+    dir = end + 1;
+  }
+  return seen_eacces ? -EACCES : -ENOENT;
+}
+
+static long child_run_op(const struct spawn_op *op) {
+  long r;
+  switch (op->kind) {
+    case SPAWN_OP_MOUNT:
+      return RS5(SYS_mount, op->source, op->target, op->fstype, op->flags, op->data);
+    case SPAWN_OP_UMOUNT:
+      return RS2(SYS_umount2, op->target, op->flags);
+    case SPAWN_OP_MKDIR:
+      r = RS3(SYS_mkdirat, AT_FDCWD, op->target, op->mode ? op->mode : 0755);
+      return r == -EEXIST ? 0 : r;
+    case SPAWN_OP_SYMLINK:
+      return RS3(SYS_symlinkat, op->source, AT_FDCWD, op->target);
+    case SPAWN_OP_MKNOD:
+      return RS4(SYS_mknodat, AT_FDCWD, op->target, op->mode, op->dev);
+    case SPAWN_OP_CHMOD:
+      return RS3(SYS_fchmodat, AT_FDCWD, op->target, op->mode);
+    case SPAWN_OP_CREATE:
+      r = RS4(SYS_openat, AT_FDCWD, op->target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, op->mode ? op->mode : 0644);
+      if (r >= 0) {
+        (void)RS1(SYS_close, r);
+        return 0;
+      }
+      return r;
+    default:
+      return -EINVAL;
+  }
+}
+
+static int child_main(void *arg) {
+  const struct child_args *a = arg;
+  const struct spawn_desc *d = a->desc;
+  long r;
+  char go;
+
+  /* Signals arrive blocked (the parent blocked them before clone): reset every
+   * disposition first, so no handler of Node's ever runs on this shared memory. */
+  child_reset_signals();
+
+  if (!d->detached) {
+    r = RS2(SYS_prctl, PR_SET_PDEATHSIG, d->death_signal ? d->death_signal : SIGKILL);
+    if (r < 0) child_fail(a, STEP_PDEATHSIG, r, -1);
+    /* The parent may have died before prctl took effect. In a new pid
+     * namespace getppid() is 0, so only a visible, different parent counts. */
+    r = RS0(SYS_getppid);
+    if (r != 0 && r != a->parent) RS1(SYS_exit_group, 1);
+  }
+
+  /* Wait for the parent: maps written, cgroups joined. EOF means it gave up. */
+  do {
+    r = RS3(SYS_read, a->sync_r, &go, 1);
+  } while (r == -EINTR);
+  if (r != 1) RS1(SYS_exit_group, 1);
+
+  unsigned long empty = 0;
+  r = RS4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8);
+  if (r < 0) child_fail(a, STEP_SIGNALS, r, -1);
+
+  if (d->detached) {
+    r = RS0(SYS_setsid);
+    if (r < 0) child_fail(a, STEP_SETSID, r, -1);
+  }
+
+  for (int i = 0; i < d->njoin; i++) {
+    r = RS2(SYS_setns, d->join_fds[i], 0);
+    if (r < 0) child_fail(a, STEP_SETNS, r, i);
+  }
+
+  /* stdio: duplicate every source above 2 first so that one target never
+   * clobbers another's source, then dup3 into place (which clears CLOEXEC). */
+  int tmp[3];
+  for (int i = 0; i < 3; i++) {
+    int src = d->stdio[i];
+    if (src < 0) {
+      r = RS4(SYS_openat, AT_FDCWD, "/dev/null", (i == 0 ? O_RDONLY : O_WRONLY) | O_CLOEXEC, 0);
+      if (r < 0) child_fail(a, STEP_STDIO, r, i);
+      tmp[i] = (int)r;
+      continue;
+    }
+    r = RS3(SYS_fcntl, src, F_DUPFD_CLOEXEC, 3);
+    if (r < 0) child_fail(a, STEP_STDIO, r, i);
+    tmp[i] = (int)r;
+  }
+  for (int i = 0; i < 3; i++) {
+    r = RS3(SYS_dup3, tmp[i], i, 0);
+    if (r < 0) child_fail(a, STEP_STDIO, r, i);
+  }
+
+  if (d->hostname) {
+    r = RS2(SYS_sethostname, d->hostname, child_strlen(d->hostname));
+    if (r < 0) child_fail(a, STEP_HOSTNAME, r, -1);
+  }
+
+  for (int i = 0; i < d->nops; i++) {
+    const struct spawn_op *op = &d->ops[i];
+    r = child_run_op(op);
+    if (r == -ENOENT && (op->op_flags & SPAWN_OP_OPTIONAL)) continue;
+    if (r < 0) child_fail(a, STEP_OP, r, i);
+  }
+
+  if (d->pivot_root) {
+    /* pivot_root(".", ".") stacks the old root on top of the new one; detaching
+     * "." then drops the old root without needing a directory for it. */
+    if ((r = RS1(SYS_chdir, d->pivot_root)) < 0) child_fail(a, STEP_PIVOT_ROOT, r, -1);
+    if ((r = RS2(SYS_pivot_root, ".", ".")) < 0) child_fail(a, STEP_PIVOT_ROOT, r, -1);
+    if ((r = RS2(SYS_umount2, ".", MNT_DETACH)) < 0) child_fail(a, STEP_PIVOT_ROOT, r, -1);
+    if ((r = RS1(SYS_chdir, "/")) < 0) child_fail(a, STEP_PIVOT_ROOT, r, -1);
+  }
+
+  if (d->set_groups) {
+    r = RS2(SYS_setgroups, d->ngroups, d->groups);
+    if (r < 0) child_fail(a, STEP_SETGROUPS, r, -1);
+  }
+  if (d->set_gid) {
+    r = RS3(SYS_setresgid, d->gid, d->gid, d->gid);
+    if (r < 0) child_fail(a, STEP_SETGID, r, -1);
+  }
+  if (d->set_uid) {
+    r = RS3(SYS_setresuid, d->uid, d->uid, d->uid);
+    if (r < 0) child_fail(a, STEP_SETUID, r, -1);
+  }
+
+  if (d->cwd) {
+    r = RS1(SYS_chdir, d->cwd);
+    if (r < 0) child_fail(a, STEP_CHDIR, r, -1);
+  }
+
+  /* Nothing the Node process opened may leak into the workload. */
+  (void)RS3(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+
+  r = child_exec_search(d);
+  child_fail(a, STEP_EXEC, r, -1);
+}
+
+/* ---- parent side ------------------------------------------------------- */
+
+static int write_file(const char *path, const char *data) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  size_t len = strlen(data);
+  ssize_t n = write(fd, data, len);
+  int err = n < 0 ? -errno : ((size_t)n == len ? 0 : -EIO);
+  close(fd);
+  return err;
+}
+
+static int write_proc_file(pid_t pid, const char *name, const char *data) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+  return write_file(path, data);
+}
+
+static void reap_failed_child(pid_t pid, int pidfd) {
+  siginfo_t si;
+  syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+  while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR) {
+  }
+  close(pidfd);
+}
+
+int nacelle_spawn(const struct spawn_desc *d, struct spawn_result *out, struct spawn_failure *fail) {
+  int sync_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+  int pidfd = -1, err = 0;
+  void *stack = MAP_FAILED;
+  sigset_t all, old;
+
+  fail->step = STEP_NONE;
+  fail->err = 0;
+  fail->index = -1;
+
+  if (pipe2(sync_pipe, O_CLOEXEC) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0) {
+    err = -errno;
+    fail->step = STEP_CLONE;
+    goto out;
+  }
+  stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    err = -errno;
+    fail->step = STEP_CLONE;
+    goto out;
+  }
+
+  struct child_args args = {.desc = d, .sync_r = sync_pipe[0], .err_w = err_pipe[1], .parent = getpid()};
+
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
+                    (int)(CLONE_VM | CLONE_PIDFD | SIGCHLD | d->clone_flags), &args, &pidfd);
+  int clone_errno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+  close(sync_pipe[0]);
+  sync_pipe[0] = -1;
+  close(err_pipe[1]);
+  err_pipe[1] = -1;
+
+  if (pid < 0) {
+    err = -clone_errno;
+    fail->step = STEP_CLONE;
+    goto out;
+  }
+
+  if (d->setgroups && (err = write_proc_file(pid, "setgroups", d->setgroups)) < 0) {
+    fail->step = STEP_SETGROUPS_FILE;
+  } else if (d->uid_map && (err = write_proc_file(pid, "uid_map", d->uid_map)) < 0) {
+    fail->step = STEP_UID_MAP;
+  } else if (d->gid_map && (err = write_proc_file(pid, "gid_map", d->gid_map)) < 0) {
+    fail->step = STEP_GID_MAP;
+  } else {
+    char pidbuf[24];
+    snprintf(pidbuf, sizeof pidbuf, "%d", (int)pid);
+    for (int i = 0; i < d->ncgroups; i++) {
+      if ((err = write_file(d->cgroup_procs[i], pidbuf)) < 0) {
+        fail->step = STEP_CGROUP;
+        fail->index = i;
+        break;
+      }
+    }
+  }
+  if (err < 0) {
+    fail->err = -err;
+    close(sync_pipe[1]); /* the child reads EOF and leaves */
+    sync_pipe[1] = -1;
+    reap_failed_child(pid, pidfd);
+    pidfd = -1;
+    goto out;
+  }
+
+  char go = 1;
+  ssize_t n;
+  do {
+    n = write(sync_pipe[1], &go, 1);
+  } while (n < 0 && errno == EINTR);
+  close(sync_pipe[1]);
+  sync_pipe[1] = -1;
+
+  struct spawn_failure child_failure;
+  size_t got = 0;
+  while (got < sizeof child_failure) {
+    n = read(err_pipe[0], (char *)&child_failure + got, sizeof child_failure - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  if (got == 0) { /* EOF: execve closed the O_CLOEXEC pipe */
+    out->pid = pid;
+    out->pidfd = pidfd;
+    pidfd = -1;
+    err = 0;
+    goto out;
+  }
+  if (got == sizeof child_failure) {
+    *fail = child_failure;
+  } else {
+    fail->step = STEP_SYNC;
+    fail->err = EPIPE;
+  }
+  err = -fail->err;
+  reap_failed_child(pid, pidfd);
+  pidfd = -1;
+
+out:
+  if (err < 0 && fail->err == 0) fail->err = -err;
+  if (sync_pipe[0] >= 0) close(sync_pipe[0]);
+  if (sync_pipe[1] >= 0) close(sync_pipe[1]);
+  if (err_pipe[0] >= 0) close(err_pipe[0]);
+  if (err_pipe[1] >= 0) close(err_pipe[1]);
+  if (stack != MAP_FAILED) munmap(stack, CHILD_STACK_SIZE);
+  return err;
+}
+
+const char *nacelle_spawn_step_syscall(int step, const struct spawn_desc *d, int index, const char **path) {
+  *path = NULL;
+  switch (step) {
+    case STEP_CLONE: return "clone";
+    case STEP_UID_MAP: return "write uid_map";
+    case STEP_GID_MAP: return "write gid_map";
+    case STEP_SETGROUPS_FILE: return "write setgroups";
+    case STEP_CGROUP:
+      if (index >= 0 && index < d->ncgroups) *path = d->cgroup_procs[index];
+      return "write cgroup.procs";
+    case STEP_SYNC: return "read";
+    case STEP_PDEATHSIG: return "prctl";
+    case STEP_SETSID: return "setsid";
+    case STEP_SETNS: return "setns";
+    case STEP_STDIO: return "dup3";
+    case STEP_HOSTNAME: return "sethostname";
+    case STEP_OP:
+      if (index >= 0 && index < d->nops) {
+        const struct spawn_op *op = &d->ops[index];
+        *path = op->target;
+        switch (op->kind) {
+          case SPAWN_OP_MOUNT: return "mount";
+          case SPAWN_OP_UMOUNT: return "umount2";
+          case SPAWN_OP_MKDIR: return "mkdir";
+          case SPAWN_OP_SYMLINK: return "symlink";
+          case SPAWN_OP_MKNOD: return "mknod";
+          case SPAWN_OP_CHMOD: return "chmod";
+          case SPAWN_OP_CREATE: return "open";
+        }
+      }
+      return "mount";
+    case STEP_PIVOT_ROOT: *path = d->pivot_root; return "pivot_root";
+    case STEP_SETGROUPS: return "setgroups";
+    case STEP_SETGID: return "setresgid";
+    case STEP_SETUID: return "setresuid";
+    case STEP_CHDIR: *path = d->cwd; return "chdir";
+    case STEP_EXEC: *path = d->file; return "execve";
+    case STEP_SIGNALS: return "rt_sigprocmask";
+    default: return "spawn";
+  }
+}

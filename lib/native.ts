@@ -1,0 +1,174 @@
+/**
+ * Loads the native addon (node-gyp-build: build/Release when compiled here,
+ * prebuilds/<platform>-<arch> otherwise) and types every native function.
+ * The addon is loaded on first use, so importing nacelle never fails on a
+ * machine that only reads images.
+ * @module
+ * @internal
+ */
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import nodeGypBuild from 'node-gyp-build';
+
+/** One filesystem operation the spawned child runs before pivot_root. */
+export interface NativeSpawnOp {
+  kind: number;
+  opFlags?: number;
+  source?: string | null;
+  target: string;
+  fstype?: string | null;
+  data?: string | null;
+  flags?: number;
+  mode?: number;
+  dev?: number;
+}
+
+/** The flat description `spawn` takes; every field is precomputed in TypeScript. */
+export interface NativeSpawnDescription {
+  file: string;
+  argv: string[];
+  env: string[];
+  cwd?: string | null;
+  cloneFlags?: number;
+  uid?: number;
+  gid?: number;
+  groups?: number[] | null;
+  uidMap?: string | null;
+  gidMap?: string | null;
+  setgroups?: 'allow' | 'deny' | null;
+  stdio?: [number, number, number];
+  hostname?: string | null;
+  ops?: NativeSpawnOp[];
+  pivotRoot?: string | null;
+  joinFds?: number[];
+  cgroupProcs?: string[];
+  detached?: boolean;
+  deathSignal?: number;
+}
+
+/** How a reaped process ended, as the kernel reported it. */
+export interface NativeExitStatus {
+  /** Exit code, or -1 when killed by a signal. */
+  exitCode: number;
+  /** Signal number, or 0 when it exited. */
+  signal: number;
+  coreDumped: boolean;
+}
+
+/** What `/dev/kvm` reports. */
+export interface NativeKvmProbe {
+  apiVersion: number;
+  maxVcpus: number;
+  recommendedVcpus: number;
+  irqchip: boolean;
+  userMemory: boolean;
+  immediateExit: boolean;
+}
+
+/** Numeric constants exported by the addon (CLONE_*, MS_*, MNT_*, SPAWN_OP_*). */
+export interface NativeConstants {
+  readonly CLONE_NEWNS: number;
+  readonly CLONE_NEWUTS: number;
+  readonly CLONE_NEWIPC: number;
+  readonly CLONE_NEWUSER: number;
+  readonly CLONE_NEWPID: number;
+  readonly CLONE_NEWNET: number;
+  readonly CLONE_NEWCGROUP: number;
+  readonly MS_RDONLY: number;
+  readonly MS_NOSUID: number;
+  readonly MS_NODEV: number;
+  readonly MS_NOEXEC: number;
+  readonly MS_SYNCHRONOUS: number;
+  readonly MS_REMOUNT: number;
+  readonly MS_MANDLOCK: number;
+  readonly MS_DIRSYNC: number;
+  readonly MS_NOATIME: number;
+  readonly MS_NODIRATIME: number;
+  readonly MS_BIND: number;
+  readonly MS_MOVE: number;
+  readonly MS_REC: number;
+  readonly MS_SILENT: number;
+  readonly MS_UNBINDABLE: number;
+  readonly MS_PRIVATE: number;
+  readonly MS_SLAVE: number;
+  readonly MS_SHARED: number;
+  readonly MS_RELATIME: number;
+  readonly MS_STRICTATIME: number;
+  readonly MNT_FORCE: number;
+  readonly MNT_DETACH: number;
+  readonly MNT_EXPIRE: number;
+  readonly UMOUNT_NOFOLLOW: number;
+  readonly SPAWN_OP_MOUNT: number;
+  readonly SPAWN_OP_UMOUNT: number;
+  readonly SPAWN_OP_MKDIR: number;
+  readonly SPAWN_OP_SYMLINK: number;
+  readonly SPAWN_OP_MKNOD: number;
+  readonly SPAWN_OP_CHMOD: number;
+  readonly SPAWN_OP_CREATE: number;
+  readonly SPAWN_OP_OPTIONAL: number;
+}
+
+/** Every function the addon exports. Errors carry `code` (errno name), `errno`, `syscall`, `path`. */
+export interface NativeBinding {
+  /** Starts a process; resolves once it has exec'd (or rejects with the failing step). */
+  spawn(desc: NativeSpawnDescription): Promise<{ pid: number; pidfd: number }>;
+  /** Resolves when the process behind `pidfd` exits, reaping it. Never reaps anything else. */
+  waitPidfd(pidfd: number): Promise<NativeExitStatus>;
+  /** Reaps the process if it has exited; null while it runs. */
+  reapPidfd(pidfd: number): NativeExitStatus | null;
+  pidfdOpen(pid: number): number;
+  pidfdSendSignal(pidfd: number, signal: number): void;
+  /** A pipe, both ends O_CLOEXEC: [read, write]. */
+  pipe(): [number, number];
+  close(fd: number): void;
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
+  umount(target: string, flags: number): Promise<void>;
+  pivotRoot(newRoot: string, putOld: string): void;
+  setns(fd: number, nstype: number): void;
+  sethostname(name: string): void;
+  kvmProbe(device: string): NativeKvmProbe;
+  readonly constants: NativeConstants;
+}
+
+/** Native step numbers (binding/nacelle.h `enum spawn_step`) by name, for tests and errors. */
+export const SPAWN_STEPS = [
+  'none',
+  'clone',
+  'write uid_map',
+  'write gid_map',
+  'write setgroups',
+  'write cgroup.procs',
+  'sync',
+  'prctl',
+  'setsid',
+  'setns',
+  'stdio',
+  'sethostname',
+  'op',
+  'pivot_root',
+  'setgroups',
+  'setresgid',
+  'setresuid',
+  'chdir',
+  'execve',
+  'signals',
+] as const;
+
+/** The directory holding package.json: one level above both lib/ and dist/. */
+export function packageRoot(): string {
+  return dirname(dirname(fileURLToPath(import.meta.url)));
+}
+
+let loaded: NativeBinding | undefined;
+
+/** The addon, loaded on first call. */
+export function native(): NativeBinding {
+  if (!loaded) {
+    const root = packageRoot();
+    loaded = nodeGypBuild(root) as NativeBinding;
+    if (typeof loaded.spawn !== 'function') {
+      throw new Error(`nacelle: the addon under ${join(root, 'build')} or ${join(root, 'prebuilds')} is not nacelle's`);
+    }
+  }
+  return loaded;
+}

@@ -1,0 +1,280 @@
+import { execFile, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { SpawnError } from '../../lib/errors';
+import { type SpawnOptions, spawn } from '../../lib/process/spawn';
+import { describeRoot } from '../helpers/gate';
+import { eventually, fdCount, procState, zombieChildren } from '../helpers/proc';
+import { makeTempDir, removeTempDir } from '../helpers/tmp';
+
+const PATH = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+
+async function readAll(stream: Readable | null): Promise<string> {
+  if (!stream) return '';
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Runs to completion and returns stdout, stderr and the exit status. */
+async function run(options: SpawnOptions) {
+  const p = await spawn(options);
+  const [stdout, stderr, status] = await Promise.all([readAll(p.stdout), readAll(p.stderr), p.wait()]);
+  return { stdout, stderr, status, pid: p.pid };
+}
+
+/** Reads the first line a child prints, without waiting for it to exit. */
+async function firstLine(stream: Readable | null): Promise<string> {
+  if (!stream) throw new Error('no stream');
+  let buf = '';
+  for await (const chunk of stream) {
+    buf += String(chunk);
+    const nl = buf.indexOf('\n');
+    if (nl >= 0) return buf.slice(0, nl);
+  }
+  return buf;
+}
+
+describeRoot('spawn into namespaces', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = makeTempDir('spawn');
+  });
+  afterEach(() => {
+    removeTempDir(dir);
+  });
+
+  it('runs a program and reports its exit code', async () => {
+    const r = await run({ argv: ['sh', '-c', 'echo out; echo err >&2; exit 3'], env: PATH });
+    expect(r.stdout).toBe('out\n');
+    expect(r.stderr).toBe('err\n');
+    expect(r.status).toEqual({ exitCode: 3, signal: null, coreDumped: false });
+  });
+
+  it('sees itself as pid 1 with its own hostname in new pid, uts and mount namespaces', async () => {
+    const host = readFileSync('/proc/sys/kernel/hostname', 'utf8').trim();
+    const r = await run({
+      argv: ['sh', '-c', 'echo $$; cat /proc/sys/kernel/hostname'],
+      env: PATH,
+      namespaces: ['pid', 'uts', 'mount'],
+      hostname: 'nacelle-box',
+    });
+    expect(r.status.exitCode).toBe(0);
+    expect(r.stdout).toBe('1\nnacelle-box\n');
+    expect(readFileSync('/proc/sys/kernel/hostname', 'utf8').trim()).toBe(host);
+  });
+
+  it('keeps a tmpfs mounted in the child invisible to the host', async () => {
+    const target = join(dir, 'mnt');
+    const p = await spawn({
+      argv: ['sh', '-c', `echo planted > ${target}/inside && grep -c ' ${target} ' /proc/self/mountinfo && sleep 30`],
+      env: PATH,
+      namespaces: ['mount'],
+      mounts: [
+        { kind: 'mkdir', target },
+        { kind: 'mount', source: 'tmpfs', target, fstype: 'tmpfs', data: 'size=1m' },
+      ],
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      expect(await firstLine(p.stdout)).toBe('1'); // mounted, and the file written, inside
+      expect(existsSync(join(target, 'inside'))).toBe(false);
+      expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(` ${target} `);
+    } finally {
+      p.kill('SIGKILL');
+      await p.wait();
+    }
+  });
+
+  it('maps uid 0 inside a user namespace to the chosen host uid', async () => {
+    chmodSync(dir, 0o777);
+    const hostUid = 12345;
+    const r = await run({
+      argv: ['sh', '-c', `id -u; id -g; touch ${dir}/owned`],
+      env: PATH,
+      namespaces: ['user', 'mount', 'pid'],
+      uidMap: [{ containerId: 0, hostId: hostUid, size: 1 }],
+      gidMap: [{ containerId: 0, hostId: hostUid, size: 1 }],
+    });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('0\n0\n');
+    const st = statSync(join(dir, 'owned'));
+    expect(st.uid).toBe(hostUid);
+    expect(st.gid).toBe(hostUid);
+  });
+
+  it('switches to the requested uid, gid and groups', async () => {
+    const r = await run({ argv: ['sh', '-c', 'id -u; id -g; id -G'], env: PATH, user: { uid: 1000, gid: 1001, groups: [1002, 1003] } });
+    expect(r.stdout).toBe('1000\n1001\n1001 1002 1003\n');
+  });
+
+  it('reports signals, from outside and from the process itself', async () => {
+    const p = await spawn({ argv: ['sleep', '30'], env: PATH });
+    expect(procState(p.pid)).not.toBeNull();
+    expect(p.kill('SIGKILL')).toBe(true);
+    expect(await p.wait()).toEqual({ exitCode: null, signal: 'SIGKILL', coreDumped: false });
+    expect(p.kill()).toBe(false); // reaped: the pidfd is closed, nothing is signalled
+
+    const self = await run({ argv: ['sh', '-c', 'kill -TERM $$'], env: PATH });
+    expect(self.status).toEqual({ exitCode: null, signal: 'SIGTERM', coreDumped: false });
+  });
+
+  it('resets signal dispositions Node ignores (SIGPIPE) before exec', async () => {
+    // Node ignores SIGPIPE; an ignored signal would survive exec and make `yes | head` loop on EPIPE.
+    const r = await run({ argv: ['sh', '-c', 'grep ^SigIgn /proc/self/status'], env: PATH });
+    expect(r.stdout.trim()).toMatch(/^SigIgn:\s+0+$/);
+  });
+
+  it('pipes stdin through to stdout', async () => {
+    const p = await spawn({ argv: ['cat'], env: PATH, stdio: ['pipe', 'pipe', 'inherit'] });
+    p.stdin!.end('through the pipe\n');
+    const [out, status] = await Promise.all([readAll(p.stdout), p.wait()]);
+    expect(out).toBe('through the pipe\n');
+    expect(status.exitCode).toBe(0);
+  });
+
+  it('leaves child_process working beside it: exits are not stolen or lost', async () => {
+    const exec = promisify(execFile);
+    const ours = Array.from({ length: 10 }, (_, i) => run({ argv: ['sh', '-c', `exit ${i}`], env: PATH }));
+    const theirs = Array.from({ length: 10 }, (_, i) =>
+      exec('sh', ['-c', `echo ${i}; exit 0`]).then((r) => r.stdout.trim()),
+    );
+    const failing = exec('sh', ['-c', 'exit 7']).then(
+      () => null,
+      (err: { code?: number }) => err.code,
+    );
+    const [oursDone, theirsDone, failCode] = await Promise.all([Promise.all(ours), Promise.all(theirs), failing]);
+    expect(oursDone.map((r) => r.status.exitCode)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(theirsDone).toEqual(['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+    expect(failCode).toBe(7);
+    expect(spawnSync('true').status).toBe(0);
+  });
+
+  it('runs 200 spawns without leaking fds or zombies', async () => {
+    await run({ argv: ['true'], env: PATH }); // warm up lazily opened fds (addon, pool)
+    const before = fdCount();
+    for (let i = 0; i < 200; i++) {
+      const r = await run({ argv: ['true'], env: PATH, namespaces: ['pid', 'uts', 'ipc'] });
+      expect(r.status.exitCode).toBe(0);
+    }
+    expect(fdCount()).toBe(before);
+    expect(zombieChildren()).toEqual([]);
+  });
+
+  it('starts detached processes in their own session', async () => {
+    const p = await spawn({ argv: ['sleep', '30'], env: PATH, detached: true, stdio: ['ignore', 'ignore', 'ignore'] });
+    try {
+      const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      expect(Number(fields[3])).toBe(p.pid); // session id
+    } finally {
+      p.kill('SIGKILL');
+      await p.wait();
+    }
+  });
+
+  it('kills a foreground child when the Node process that spawned it dies, but not a detached one', async () => {
+    // A plain Node process (no vitest, no TypeScript) loads the addon and spawns two sleeps.
+    const script = `
+      const b = require('node-gyp-build')(${JSON.stringify(process.cwd())});
+      const env = ['PATH=/usr/bin:/bin'];
+      (async () => {
+        const fg = await b.spawn({ file: 'sleep', argv: ['sleep', '60'], env });
+        const bg = await b.spawn({ file: 'sleep', argv: ['sleep', '60'], env, detached: true });
+        console.log(fg.pid + ' ' + bg.pid);
+        process.exit(0);
+      })();
+    `;
+    const out = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(out.status, out.stderr).toBe(0);
+    const [fg, bg] = out.stdout.trim().split(' ').map(Number) as [number, number];
+    try {
+      await eventually(() => {
+        const s = procState(fg);
+        return s === null || s === 'Z';
+      }, 5000, 'the foreground child to die with its parent');
+      expect(procState(bg)).toMatch(/^[RS]$/);
+    } finally {
+      try {
+        process.kill(bg, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+
+  describe('bad input', () => {
+    it('names the step and errno: a missing binary', async () => {
+      const before = fdCount();
+      const err = await spawn({ argv: ['no-such-program-here'], env: PATH }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SpawnError);
+      expect(err).toMatchObject({ code: 'ENOENT', step: 'execve', path: 'no-such-program-here', errno: -2 });
+      const abs = await spawn({ argv: ['/nonexistent/bin/x'] }).catch((e: unknown) => e);
+      expect(abs).toMatchObject({ code: 'ENOENT', step: 'execve', path: '/nonexistent/bin/x' });
+      expect(fdCount()).toBe(before);
+      expect(zombieChildren()).toEqual([]);
+    });
+
+    it('names the step and errno: a cwd that does not exist', async () => {
+      const before = fdCount();
+      const err = await spawn({ argv: ['true'], env: PATH, cwd: '/does/not/exist' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SpawnError);
+      expect(err).toMatchObject({ code: 'ENOENT', step: 'chdir', path: '/does/not/exist' });
+      expect(fdCount()).toBe(before);
+      expect(zombieChildren()).toEqual([]);
+    });
+
+    it('names the step and errno: a bad uid map', async () => {
+      const before = fdCount();
+      const overlapping = await spawn({
+        argv: ['true'],
+        env: PATH,
+        namespaces: ['user'],
+        uidMap: [
+          { containerId: 0, hostId: 1000, size: 10 },
+          { containerId: 5, hostId: 2000, size: 10 },
+        ],
+      }).catch((e: unknown) => e);
+      expect(overlapping).toBeInstanceOf(SpawnError);
+      expect(overlapping).toMatchObject({ code: 'EINVAL', step: 'write uid_map' });
+      const negative = await spawn({
+        argv: ['true'],
+        namespaces: ['user'],
+        uidMap: [{ containerId: 0, hostId: -1, size: 1 }],
+      }).catch((e: unknown) => e);
+      expect(negative).toMatchObject({ code: 'EINVAL', step: 'write uid_map' });
+      expect(fdCount()).toBe(before);
+      expect(zombieChildren()).toEqual([]);
+    });
+
+    it('names the step and errno: an unknown namespace', async () => {
+      const before = fdCount();
+      const err = await spawn({ argv: ['true'], namespaces: ['time' as 'pid'] }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SpawnError);
+      expect(err).toMatchObject({ code: 'EINVAL', step: 'namespaces' });
+      expect((err as Error).message).toContain("'time'");
+      expect(fdCount()).toBe(before);
+    });
+
+    it('names the step and errno: a mount that fails in the child', async () => {
+      const before = fdCount();
+      const err = await spawn({
+        argv: ['true'],
+        namespaces: ['mount'],
+        mounts: [{ kind: 'mount', source: 'tmpfs', target: join(dir, 'missing'), fstype: 'tmpfs' }],
+      }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'ENOENT', step: 'mount', path: join(dir, 'missing') });
+      const optional = await run({
+        argv: ['true'],
+        namespaces: ['mount'],
+        mounts: [{ kind: 'mount', source: 'tmpfs', target: join(dir, 'missing'), fstype: 'tmpfs', optional: true }],
+      });
+      expect(optional.status.exitCode).toBe(0);
+      expect(fdCount()).toBe(before);
+      expect(zombieChildren()).toEqual([]);
+    });
+  });
+});
