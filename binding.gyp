@@ -9,6 +9,7 @@
         "binding/process.c",
         "binding/mount.c",
         "binding/ns.c",
+        "binding/fs.c",
         "binding/kvm/probe.c"
       ],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],

@@ -445,6 +445,111 @@ static napi_value KvmProbe(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ---- device nodes and xattrs ------------------------------------------ */
+
+static napi_value Mknod(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(4);
+  struct arena a = {0};
+  char *path;
+  uint32_t mode, major, minor;
+  if (arg_string(env, argv[0], &a, &path) && napi_get_value_uint32(env, argv[1], &mode) == napi_ok &&
+      napi_get_value_uint32(env, argv[2], &major) == napi_ok && napi_get_value_uint32(env, argv[3], &minor) == napi_ok) {
+    int err = nacelle_mknod(path, mode, major, minor);
+    if (err < 0) nacelle_throw_errno(env, -err, "mknod", path);
+  } else {
+    nacelle_throw_last(env, napi_number_expected);
+  }
+  arena_free(&a);
+  return NULL;
+}
+
+static napi_value Lsetxattr(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(3);
+  struct arena a = {0};
+  char *path, *name;
+  void *data = NULL;
+  size_t len = 0;
+  if (arg_string(env, argv[0], &a, &path) && arg_string(env, argv[1], &a, &name)) {
+    if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) {
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "xattr value must be a Buffer");
+    } else {
+      int err = nacelle_lsetxattr(path, name, data, len, 0);
+      if (err < 0) nacelle_throw_errno(env, -err, "lsetxattr", path);
+    }
+  }
+  arena_free(&a);
+  return NULL;
+}
+
+static napi_value Lgetxattr(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  struct arena a = {0};
+  char *path, *name;
+  napi_value result = NULL;
+  if (arg_string(env, argv[0], &a, &path) && arg_string(env, argv[1], &a, &name)) {
+    for (int attempt = 0; attempt < 4 && !result; attempt++) {
+      ssize_t size = nacelle_lgetxattr(path, name, NULL, 0);
+      if (size == -ENODATA) {
+        napi_get_null(env, &result);
+        break;
+      }
+      if (size < 0) {
+        nacelle_throw_errno(env, (int)-size, "lgetxattr", path);
+        break;
+      }
+      void *buf;
+      napi_value b;
+      if (napi_create_buffer(env, (size_t)size, &buf, &b) != napi_ok) break;
+      ssize_t n = size ? nacelle_lgetxattr(path, name, buf, (size_t)size) : 0;
+      if (n == -ERANGE) continue; /* grew in between: ask again */
+      if (n < 0) {
+        nacelle_throw_errno(env, (int)-n, "lgetxattr", path);
+        break;
+      }
+      napi_value sliced = b;
+      if (n != size) napi_create_buffer_copy(env, (size_t)n, buf, NULL, &sliced);
+      result = sliced;
+    }
+  }
+  arena_free(&a);
+  return result;
+}
+
+static napi_value Llistxattr(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  struct arena a = {0};
+  char *path;
+  napi_value result = NULL;
+  if (arg_string(env, argv[0], &a, &path)) {
+    for (int attempt = 0; attempt < 4; attempt++) {
+      ssize_t size = nacelle_llistxattr(path, NULL, 0);
+      if (size < 0) {
+        nacelle_throw_errno(env, (int)-size, "llistxattr", path);
+        break;
+      }
+      char *buf = arena_alloc(&a, (size_t)size + 1);
+      ssize_t n = size ? nacelle_llistxattr(path, buf, (size_t)size) : 0;
+      if (n == -ERANGE) continue;
+      if (n < 0) {
+        nacelle_throw_errno(env, (int)-n, "llistxattr", path);
+        break;
+      }
+      napi_create_array(env, &result);
+      uint32_t idx = 0;
+      for (ssize_t off = 0; off < n;) {
+        size_t len = strlen(buf + off);
+        napi_value s;
+        napi_create_string_utf8(env, buf + off, len, &s);
+        napi_set_element(env, result, idx++, s);
+        off += (ssize_t)len + 1;
+      }
+      break;
+    }
+  }
+  arena_free(&a);
+  return result;
+}
+
 /* ---- mount and umount on the pool -------------------------------------- */
 
 struct mount_job {
@@ -561,6 +666,10 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"setns", NULL, Setns, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sethostname", NULL, Sethostname, NULL, NULL, NULL, napi_enumerable, NULL},
       {"kvmProbe", NULL, KvmProbe, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, Mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lsetxattr", NULL, Lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lgetxattr", NULL, Lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"llistxattr", NULL, Llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_value constants = make_constants(env);

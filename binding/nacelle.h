@@ -133,6 +133,14 @@ int nacelle_pivot_root(const char *new_root, const char *put_old);
 int nacelle_setns(int fd, int nstype);
 int nacelle_sethostname(const char *name);
 
+/* ---- fs.c --------------------------------------------------------------- */
+
+int nacelle_mknod(const char *path, unsigned int mode, unsigned int major, unsigned int minor);
+int nacelle_lsetxattr(const char *path, const char *name, const void *value, size_t len, int flags);
+/* With len 0, return the size needed. */
+ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t len);
+ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len);
+
 /* ---- kvm/probe.c -------------------------------------------------------- */
 
 struct kvm_probe_result {

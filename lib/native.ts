@@ -127,6 +127,14 @@ export interface NativeBinding {
   setns(fd: number, nstype: number): void;
   sethostname(name: string): void;
   kvmProbe(device: string): NativeKvmProbe;
+  /** mknod(2); `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO). */
+  mknod(path: string, mode: number, major: number, minor: number): void;
+  /** lsetxattr(2): sets an extended attribute without following a symlink. */
+  lsetxattr(path: string, name: string, value: Buffer): void;
+  /** lgetxattr(2); null when the attribute is absent (ENODATA). */
+  lgetxattr(path: string, name: string): Buffer | null;
+  /** llistxattr(2): attribute names. */
+  llistxattr(path: string): string[];
   readonly constants: NativeConstants;
 }
 

@@ -1,5 +1,5 @@
 import { execFile, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -276,5 +276,84 @@ describeRoot('spawn into namespaces', () => {
       expect(fdCount()).toBe(before);
       expect(zombieChildren()).toEqual([]);
     });
+  });
+});
+
+describeRoot('spawn: cgroups and pivot_root', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = makeTempDir('spawn2');
+  });
+  afterEach(() => {
+    removeTempDir(dir);
+  });
+
+  it('places the child in a cgroup before it runs (under our own cgroup, never above)', async () => {
+    const own = readFileSync('/proc/self/cgroup', 'utf8')
+      .split('\n')
+      .find((l) => l.split(':')[1] === 'pids');
+    if (!own) throw new Error('no pids controller in /proc/self/cgroup');
+    const ownPath = own.split(':')[2]!;
+    const cgroup = join('/sys/fs/cgroup/pids', ownPath, `nacelle-test-${process.pid}`);
+    mkdirSync(cgroup);
+    try {
+      const r = await run({
+        argv: ['sh', '-c', 'grep :pids: /proc/self/cgroup'],
+        env: PATH,
+        cgroupProcs: [join(cgroup, 'cgroup.procs')],
+      });
+      expect(r.stdout.trim()).toBe(`${own.split(':')[0]}:pids:${join(ownPath, `nacelle-test-${process.pid}`)}`);
+      const bad = await spawn({ argv: ['true'], cgroupProcs: [join(cgroup, 'missing', 'cgroup.procs')] }).catch((e: unknown) => e);
+      expect(bad).toMatchObject({ code: 'ENOENT', step: 'write cgroup.procs', path: join(cgroup, 'missing', 'cgroup.procs') });
+      expect(zombieChildren()).toEqual([]);
+    } finally {
+      rmdirSync(cgroup);
+    }
+  });
+
+  it('pivots into a root built from mount operations; the host root is gone', async () => {
+    const root = join(dir, 'root');
+    const usrIsMerged = lstatSync('/bin').isSymbolicLink();
+    const lib64 = existsSync('/lib64');
+    const r = await run({
+      argv: ['sh', '-c', 'ls / | tr "\\n" " "; echo; test -e ' + dir + ' && echo host-visible || echo host-hidden; pwd'],
+      env: PATH,
+      cwd: '/work',
+      namespaces: ['mount', 'pid'],
+      mounts: [
+        { kind: 'mkdir', target: root },
+        { kind: 'mount', source: 'tmpfs', target: root, fstype: 'tmpfs', data: 'size=1m' },
+        { kind: 'mkdir', target: `${root}/usr` },
+        { kind: 'mount', source: '/usr', target: `${root}/usr`, flags: ['bind', 'rec'] },
+        { kind: 'mount', target: `${root}/usr`, flags: ['bind', 'remount', 'rdonly'] },
+        ...(usrIsMerged
+          ? [
+              { kind: 'symlink' as const, target: `${root}/bin`, linkTo: 'usr/bin' },
+              { kind: 'symlink' as const, target: `${root}/lib`, linkTo: 'usr/lib' },
+              ...(lib64 ? [{ kind: 'symlink' as const, target: `${root}/lib64`, linkTo: 'usr/lib64' }] : []),
+            ]
+          : [
+              { kind: 'mkdir' as const, target: `${root}/bin` },
+              { kind: 'mount' as const, source: '/bin', target: `${root}/bin`, flags: ['bind' as const] },
+              { kind: 'mkdir' as const, target: `${root}/lib` },
+              { kind: 'mount' as const, source: '/lib', target: `${root}/lib`, flags: ['bind' as const, 'rec' as const] },
+              ...(lib64
+                ? [
+                    { kind: 'mkdir' as const, target: `${root}/lib64` },
+                    { kind: 'mount' as const, source: '/lib64', target: `${root}/lib64`, flags: ['bind' as const] },
+                  ]
+                : []),
+            ]),
+        { kind: 'mkdir', target: `${root}/work`, mode: 0o700 },
+      ],
+      pivotRoot: root,
+    });
+    expect(r.stderr).toBe('');
+    const expected = ['bin', 'lib', ...(lib64 ? ['lib64'] : []), 'usr', 'work'].sort();
+    const [listing, hidden, cwd] = r.stdout.split('\n');
+    expect(listing!.trim().split(' ').sort()).toEqual(expected);
+    expect(hidden).toBe('host-hidden');
+    expect(cwd).toBe('/work');
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(root);
   });
 });

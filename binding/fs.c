@@ -1,0 +1,29 @@
+/*
+ * fs.c: the file operations Node's fs module lacks: device nodes and extended
+ * attributes, all without following symlinks (layers carry xattrs on links too).
+ */
+#include <errno.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+
+#include "nacelle.h"
+
+int nacelle_mknod(const char *path, unsigned int mode, unsigned int major, unsigned int minor) {
+  return mknod(path, (mode_t)mode, makedev(major, minor)) < 0 ? -errno : 0;
+}
+
+int nacelle_lsetxattr(const char *path, const char *name, const void *value, size_t len, int flags) {
+  return lsetxattr(path, name, value, len, flags) < 0 ? -errno : 0;
+}
+
+ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t len) {
+  ssize_t n = lgetxattr(path, name, buf, len);
+  return n < 0 ? -errno : n;
+}
+
+ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len) {
+  ssize_t n = llistxattr(path, buf, len);
+  return n < 0 ? -errno : n;
+}
