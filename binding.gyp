@@ -10,6 +10,7 @@
         "binding/mount.c",
         "binding/ns.c",
         "binding/fs.c",
+        "binding/pty.c",
         "binding/kvm/probe.c"
       ],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],

@@ -8,7 +8,9 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "macros.h"
@@ -113,6 +115,87 @@ static bool parse_ops(napi_env env, napi_value obj, struct arena *a, struct spaw
   return true;
 }
 
+static bool cap_mask(napi_env env, napi_value caps, const char *name, uint64_t *out) {
+  napi_value arr, item;
+  uint32_t n = 0;
+  *out = 0;
+  if (!prop(env, caps, name, &arr)) return false;
+  if (!arr) return true;
+  NAPI_OK(env, napi_get_array_length(env, arr, &n));
+  for (uint32_t i = 0; i < n; i++) {
+    int32_t cap;
+    NAPI_OK(env, napi_get_element(env, arr, i, &item));
+    if (!arg_int32(env, item, &cap)) return false;
+    if (cap < 0 || cap > 63) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "capability number out of range");
+      return false;
+    }
+    *out |= 1ULL << cap;
+  }
+  return true;
+}
+
+static bool parse_caps(napi_env env, napi_value obj, struct arena *a, struct spawn_desc *d) {
+  napi_value caps;
+  if (!prop(env, obj, "capabilities", &caps)) return false;
+  if (!caps) return true;
+  int32_t last;
+  if (!cap_mask(env, caps, "bounding", &d->caps.bounding) || !cap_mask(env, caps, "effective", &d->caps.effective) ||
+      !cap_mask(env, caps, "permitted", &d->caps.permitted) ||
+      !cap_mask(env, caps, "inheritable", &d->caps.inheritable) || !cap_mask(env, caps, "ambient", &d->caps.ambient) ||
+      !prop_int32(env, caps, "lastCap", 40, &last))
+    return false;
+  d->caps.last_cap = last;
+  d->set_caps = 1;
+  return true;
+}
+
+static bool parse_rlimits(napi_env env, napi_value obj, struct arena *a, struct spawn_desc *d) {
+  napi_value arr, item;
+  uint32_t n = 0;
+  if (!prop(env, obj, "rlimits", &arr)) return false;
+  if (!arr) return true;
+  NAPI_OK(env, napi_get_array_length(env, arr, &n));
+  struct spawn_rlimit *list = arena_alloc(a, (n ? n : 1) * sizeof *list);
+  if (!list) return false;
+  for (uint32_t i = 0; i < n; i++) {
+    int32_t resource;
+    double soft, hard;
+    napi_value v;
+    NAPI_OK(env, napi_get_element(env, arr, i, &item));
+    if (!prop_int32(env, item, "resource", -1, &resource)) return false;
+    NAPI_OK(env, napi_get_named_property(env, item, "soft", &v));
+    NAPI_OK(env, napi_get_value_double(env, v, &soft));
+    NAPI_OK(env, napi_get_named_property(env, item, "hard", &v));
+    NAPI_OK(env, napi_get_value_double(env, v, &hard));
+    list[i].resource = resource;
+    list[i].soft = soft < 0 ? UINT64_MAX : (uint64_t)soft; /* -1 means unlimited */
+    list[i].hard = hard < 0 ? UINT64_MAX : (uint64_t)hard;
+  }
+  d->rlimits = list;
+  d->nrlimits = (int)n;
+  return true;
+}
+
+static bool parse_seccomp(napi_env env, napi_value obj, struct arena *a, struct spawn_desc *d) {
+  napi_value buf;
+  void *data;
+  size_t len;
+  if (!prop(env, obj, "seccomp", &buf)) return false;
+  if (!buf) return true;
+  NAPI_OK(env, napi_get_buffer_info(env, buf, &data, &len));
+  if (len == 0 || len % 8 != 0 || len / 8 > 4096) {
+    napi_throw_range_error(env, "ERR_INVALID_ARG_VALUE", "seccomp program must be 1..4096 sock_filter instructions");
+    return false;
+  }
+  void *copy = arena_alloc(a, len);
+  if (!copy) return false;
+  memcpy(copy, data, len);
+  d->seccomp_filter = copy;
+  d->seccomp_len = (unsigned short)(len / 8);
+  return true;
+}
+
 static bool parse_spawn_desc(napi_env env, napi_value obj, struct arena *a, struct spawn_desc *d) {
   uint32_t n;
   int32_t i32;
@@ -176,6 +259,15 @@ static bool parse_spawn_desc(napi_env env, napi_value obj, struct arena *a, stru
   d->detached = b;
   if (!prop_int32(env, obj, "deathSignal", 0, &i32)) return false;
   d->death_signal = i32;
+  if (!prop_int32(env, obj, "pidNsFd", -1, &i32)) return false;
+  d->pid_ns_fd = i32;
+  if (!prop_bool(env, obj, "noNewPrivs", &b)) return false;
+  d->no_new_privs = b;
+  if (!prop_bool(env, obj, "ctty", &b)) return false;
+  d->ctty = b;
+  if (!prop_bool(env, obj, "loopbackUp", &b)) return false;
+  d->loopback_up = b;
+  if (!parse_caps(env, obj, a, d) || !parse_rlimits(env, obj, a, d) || !parse_seccomp(env, obj, a, d)) return false;
   return true;
 }
 
@@ -550,6 +642,102 @@ static napi_value Llistxattr(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ---- flock: waiting happens on the pool, never the JS thread ----------- */
+
+struct flock_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd, op, err;
+};
+
+static void flock_execute(napi_env env, void *data) {
+  struct flock_job *job = data;
+  job->err = nacelle_flock(job->fd, job->op, 0);
+}
+
+static void flock_complete(napi_env env, napi_status status, void *data) {
+  struct flock_job *job = data;
+  napi_value undefined;
+  if (job->err < 0) {
+    napi_reject_deferred(env, job->deferred, nacelle_errno_error(env, -job->err, "flock", NULL));
+  } else {
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+/* flock(fd, op): op is LOCK_SH, LOCK_EX or LOCK_UN; resolves once held. */
+static napi_value Flock(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  int32_t fd, op;
+  if (!arg_int32(env, argv[0], &fd) || !arg_int32(env, argv[1], &op)) return NULL;
+  struct flock_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    nacelle_throw_errno(env, ENOMEM, "flock", NULL);
+    return NULL;
+  }
+  job->fd = fd;
+  job->op = op;
+  napi_value promise, name;
+  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
+  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:flock", NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_create_async_work(env, NULL, name, flock_execute, flock_complete, job, &job->work));
+  NAPI_CALL(env, napi_queue_async_work(env, job->work));
+  return promise;
+}
+
+/* flock(fd, op | LOCK_NB): true when taken, false when another holder has it. */
+static napi_value TryFlock(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  int32_t fd, op;
+  if (!arg_int32(env, argv[0], &fd) || !arg_int32(env, argv[1], &op)) return NULL;
+  int err = nacelle_flock(fd, op, 1);
+  napi_value result;
+  if (err == -EWOULDBLOCK) {
+    NAPI_CALL(env, napi_get_boolean(env, false, &result));
+    return result;
+  }
+  if (err < 0) {
+    nacelle_throw_errno(env, -err, "flock", NULL);
+    return NULL;
+  }
+  NAPI_CALL(env, napi_get_boolean(env, true, &result));
+  return result;
+}
+
+/* ---- pseudo-terminals ---------------------------------------------------- */
+
+static napi_value OpenPty(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  int32_t cols, rows;
+  if (!arg_int32(env, argv[0], &cols) || !arg_int32(env, argv[1], &rows)) return NULL;
+  int master, slave;
+  char name[128];
+  int err = nacelle_openpty(cols, rows, &master, &slave, name, sizeof name);
+  if (err < 0) {
+    nacelle_throw_errno(env, -err, "openpty", NULL);
+    return NULL;
+  }
+  napi_value result, v;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  set_int32(env, result, "master", master);
+  set_int32(env, result, "slave", slave);
+  NAPI_CALL(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &v));
+  NAPI_CALL(env, napi_set_named_property(env, result, "path", v));
+  return result;
+}
+
+static napi_value ResizePty(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(3);
+  int32_t fd, cols, rows;
+  if (!arg_int32(env, argv[0], &fd) || !arg_int32(env, argv[1], &cols) || !arg_int32(env, argv[2], &rows)) return NULL;
+  int err = nacelle_resize_pty(fd, cols, rows);
+  if (err < 0) nacelle_throw_errno(env, -err, "ioctl(TIOCSWINSZ)", NULL);
+  return NULL;
+}
+
 /* ---- mount and umount on the pool -------------------------------------- */
 
 struct mount_job {
@@ -647,6 +835,10 @@ static napi_value make_constants(napi_env env) {
   C(MNT_FORCE); C(MNT_DETACH); C(MNT_EXPIRE); C(UMOUNT_NOFOLLOW);
   C(SPAWN_OP_MOUNT); C(SPAWN_OP_UMOUNT); C(SPAWN_OP_MKDIR); C(SPAWN_OP_SYMLINK); C(SPAWN_OP_MKNOD);
   C(SPAWN_OP_CHMOD); C(SPAWN_OP_CREATE); C(SPAWN_OP_OPTIONAL);
+  C(LOCK_SH); C(LOCK_EX); C(LOCK_UN);
+  C(RLIMIT_CPU); C(RLIMIT_FSIZE); C(RLIMIT_DATA); C(RLIMIT_STACK); C(RLIMIT_CORE); C(RLIMIT_RSS); C(RLIMIT_NPROC);
+  C(RLIMIT_NOFILE); C(RLIMIT_MEMLOCK); C(RLIMIT_AS); C(RLIMIT_LOCKS); C(RLIMIT_SIGPENDING); C(RLIMIT_MSGQUEUE);
+  C(RLIMIT_NICE); C(RLIMIT_RTPRIO); C(RLIMIT_RTTIME);
 #undef C
   return c;
 }
@@ -670,6 +862,10 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"lsetxattr", NULL, Lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lgetxattr", NULL, Lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"llistxattr", NULL, Llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"flock", NULL, Flock, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openPty", NULL, OpenPty, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"resizePty", NULL, ResizePty, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tryFlock", NULL, TryFlock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_value constants = make_constants(env);

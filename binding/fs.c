@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/file.h>
 #include <sys/xattr.h>
 
 #include "nacelle.h"
@@ -26,4 +27,13 @@ ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t 
 ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len) {
   ssize_t n = llistxattr(path, buf, len);
   return n < 0 ? -errno : n;
+}
+
+/* flock(2). Blocking when `nonblock` is 0: binding.c runs that on the libuv pool. */
+int nacelle_flock(int fd, int op, int nonblock) {
+  int r;
+  do {
+    r = flock(fd, op | (nonblock ? LOCK_NB : 0));
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : 0;
 }

@@ -38,6 +38,17 @@ struct spawn_op {
   uint64_t dev;
 };
 
+/* Capability sets as 64-bit masks (bit n = capability n). */
+struct spawn_caps {
+  uint64_t bounding, effective, permitted, inheritable, ambient;
+  int last_cap; /* /proc/sys/kernel/cap_last_cap */
+};
+
+struct spawn_rlimit {
+  int resource;
+  uint64_t soft, hard; /* UINT64_MAX = unlimited */
+};
+
 /* The flat, precomputed description of one process to start. */
 struct spawn_desc {
   const char *file;          /* exec path; searched in path_env when it has no '/' */
@@ -65,6 +76,16 @@ struct spawn_desc {
   int ncgroups;
   int detached;     /* no death signal; setsid() */
   int death_signal; /* PR_SET_PDEATHSIG, default SIGKILL */
+  int pid_ns_fd;    /* >= 0: start the child in this pid namespace (exec into a container) */
+  int set_caps;
+  struct spawn_caps caps;
+  const struct spawn_rlimit *rlimits;
+  int nrlimits;
+  int no_new_privs;
+  const void *seccomp_filter; /* struct sock_filter[], or NULL */
+  unsigned short seccomp_len;  /* number of instructions */
+  int ctty;                    /* make fd 0 (a tty) the controlling terminal of a new session */
+  int loopback_up;             /* bring up "lo" (in a new network namespace) */
 };
 
 /* Which step of the spawn failed. Mirrored by SPAWN_STEPS in lib/native.ts. */
@@ -89,6 +110,13 @@ enum spawn_step {
   STEP_CHDIR,
   STEP_EXEC,
   STEP_SIGNALS,
+  STEP_RLIMIT,
+  STEP_CAPS,
+  STEP_NO_NEW_PRIVS,
+  STEP_SECCOMP,
+  STEP_CTTY,
+  STEP_PIDNS,
+  STEP_LOOPBACK,
 };
 
 struct spawn_failure {
@@ -140,6 +168,12 @@ int nacelle_lsetxattr(const char *path, const char *name, const void *value, siz
 /* With len 0, return the size needed. */
 ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t len);
 ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len);
+int nacelle_flock(int fd, int op, int nonblock);
+
+/* ---- pty.c -------------------------------------------------------------- */
+
+int nacelle_openpty(int cols, int rows, int *master, int *slave, char *name, size_t name_len);
+int nacelle_resize_pty(int fd, int cols, int rows);
 
 /* ---- kvm/probe.c -------------------------------------------------------- */
 

@@ -20,10 +20,18 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -43,6 +51,12 @@
 #endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
+#endif
+
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_RAISE 2
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
 
 #define CHILD_STACK_SIZE (256 * 1024)
@@ -209,6 +223,20 @@ static int child_main(void *arg) {
     if (r < 0) child_fail(a, STEP_STDIO, r, i);
   }
 
+  if (d->loopback_up) {
+    /* A new network namespace starts with "lo" down; containers expect it up. */
+    struct ifreq ifr;
+    for (size_t i = 0; i < sizeof ifr; i++) ((char *)&ifr)[i] = 0;
+    ifr.ifr_name[0] = 'l';
+    ifr.ifr_name[1] = 'o';
+    long s = RS3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) child_fail(a, STEP_LOOPBACK, s, -1);
+    if ((r = RS3(SYS_ioctl, s, SIOCGIFFLAGS, &ifr)) < 0) child_fail(a, STEP_LOOPBACK, r, -1);
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if ((r = RS3(SYS_ioctl, s, SIOCSIFFLAGS, &ifr)) < 0) child_fail(a, STEP_LOOPBACK, r, -1);
+    (void)RS1(SYS_close, s);
+  }
+
   if (d->hostname) {
     r = RS2(SYS_sethostname, d->hostname, child_strlen(d->hostname));
     if (r < 0) child_fail(a, STEP_HOSTNAME, r, -1);
@@ -230,6 +258,25 @@ static int child_main(void *arg) {
     if ((r = RS1(SYS_chdir, "/")) < 0) child_fail(a, STEP_PIVOT_ROOT, r, -1);
   }
 
+  for (int i = 0; i < d->nrlimits; i++) {
+    struct rlimit64_k {
+      uint64_t cur, max;
+    } lim = {d->rlimits[i].soft, d->rlimits[i].hard};
+    r = RS4(SYS_prlimit64, 0, d->rlimits[i].resource, &lim, NULL);
+    if (r < 0) child_fail(a, STEP_RLIMIT, r, i);
+  }
+
+  if (d->set_caps) {
+    /* The bounding set can only shrink, and only while we still hold CAP_SETPCAP. */
+    for (int cap = 0; cap <= d->caps.last_cap && cap < 64; cap++) {
+      if (d->caps.bounding & (1ULL << cap)) continue;
+      r = RS2(SYS_prctl, PR_CAPBSET_DROP, cap);
+      if (r < 0 && r != -EINVAL) child_fail(a, STEP_CAPS, r, cap);
+    }
+    /* Keep permitted capabilities across the switch to a non-root uid. */
+    if (d->set_uid && (r = RS2(SYS_prctl, PR_SET_KEEPCAPS, 1)) < 0) child_fail(a, STEP_CAPS, r, -1);
+  }
+
   if (d->set_groups) {
     r = RS2(SYS_setgroups, d->ngroups, d->groups);
     if (r < 0) child_fail(a, STEP_SETGROUPS, r, -1);
@@ -243,13 +290,43 @@ static int child_main(void *arg) {
     if (r < 0) child_fail(a, STEP_SETUID, r, -1);
   }
 
+  if (d->set_caps) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {
+        {(uint32_t)d->caps.effective, (uint32_t)d->caps.permitted, (uint32_t)d->caps.inheritable},
+        {(uint32_t)(d->caps.effective >> 32), (uint32_t)(d->caps.permitted >> 32), (uint32_t)(d->caps.inheritable >> 32)},
+    };
+    if ((r = RS2(SYS_capset, &hdr, data)) < 0) child_fail(a, STEP_CAPS, r, -1);
+    if ((r = RS5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) < 0 && r != -EINVAL)
+      child_fail(a, STEP_CAPS, r, -1);
+    for (int cap = 0; cap <= d->caps.last_cap && cap < 64; cap++) {
+      if (!(d->caps.ambient & (1ULL << cap))) continue;
+      r = RS5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
+      if (r < 0) child_fail(a, STEP_CAPS, r, cap);
+    }
+  }
+
   if (d->cwd) {
     r = RS1(SYS_chdir, d->cwd);
     if (r < 0) child_fail(a, STEP_CHDIR, r, -1);
   }
 
+  if (d->ctty) {
+    if (!d->detached && (r = RS0(SYS_setsid)) < 0) child_fail(a, STEP_CTTY, r, -1);
+    if ((r = RS3(SYS_ioctl, 0, TIOCSCTTY, 0)) < 0) child_fail(a, STEP_CTTY, r, -1);
+  }
+
   /* Nothing the Node process opened may leak into the workload. */
   (void)RS3(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+
+  if (d->no_new_privs || d->seccomp_filter) {
+    if ((r = RS5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) < 0) child_fail(a, STEP_NO_NEW_PRIVS, r, -1);
+  }
+  if (d->seccomp_filter) {
+    /* Last, so that every step above ran unfiltered; the filter must allow execve. */
+    struct sock_fprog prog = {d->seccomp_len, (struct sock_filter *)d->seccomp_filter};
+    if ((r = RS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) < 0) child_fail(a, STEP_SECCOMP, r, -1);
+  }
 
   r = child_exec_search(d);
   child_fail(a, STEP_EXEC, r, -1);
@@ -305,12 +382,33 @@ int nacelle_spawn(const struct spawn_desc *d, struct spawn_result *out, struct s
 
   struct child_args args = {.desc = d, .sync_r = sync_pipe[0], .err_w = err_pipe[1], .parent = getpid()};
 
+  /* Exec into a container: this pool thread enters the container's pid
+   * namespace for its children only (setns(CLONE_NEWPID) changes
+   * pid_for_children of the calling thread), clones, and returns. */
+  int own_pidns = -1;
+  if (d->pid_ns_fd >= 0) {
+    own_pidns = open("/proc/thread-self/ns/pid_for_children", O_RDONLY | O_CLOEXEC);
+    if (own_pidns < 0 || setns(d->pid_ns_fd, CLONE_NEWPID) < 0) {
+      err = -errno;
+      fail->step = STEP_PIDNS;
+      if (own_pidns >= 0) close(own_pidns);
+      goto out;
+    }
+  }
+
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pid_t pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
                     (int)(CLONE_VM | CLONE_PIDFD | SIGCHLD | d->clone_flags), &args, &pidfd);
   int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+  if (own_pidns >= 0) {
+    /* Going back can only fail if the kernel changed its rules; a pool thread
+     * left in a container's pid namespace would be a leak, so abort loudly. */
+    if (setns(own_pidns, CLONE_NEWPID) < 0) abort();
+    close(own_pidns);
+  }
 
   close(sync_pipe[0]);
   sync_pipe[0] = -1;
@@ -430,6 +528,13 @@ const char *nacelle_spawn_step_syscall(int step, const struct spawn_desc *d, int
     case STEP_CHDIR: *path = d->cwd; return "chdir";
     case STEP_EXEC: *path = d->file; return "execve";
     case STEP_SIGNALS: return "rt_sigprocmask";
+    case STEP_RLIMIT: return "prlimit";
+    case STEP_CAPS: return "capset";
+    case STEP_NO_NEW_PRIVS: return "prctl(PR_SET_NO_NEW_PRIVS)";
+    case STEP_SECCOMP: return "seccomp";
+    case STEP_CTTY: return "ioctl(TIOCSCTTY)";
+    case STEP_PIDNS: return "setns(pid)";
+    case STEP_LOOPBACK: return "ioctl(SIOCSIFFLAGS lo)";
     default: return "spawn";
   }
 }

@@ -15,7 +15,7 @@ export {
   TimeoutError,
 } from './errors';
 export type { NacelleErrorOptions, SystemCallErrorOptions } from './errors';
-export { spawn, Process, signalNumber } from './process/spawn';
+export { spawn, Process, signalNumber, capabilityNumber, CAPABILITY_NAMES } from './process/spawn';
 export type {
   SpawnOptions,
   SpawnMountOperation,
@@ -28,6 +28,8 @@ export type {
   SpawnChmodOp,
   SpawnFileOp,
   ProcessUser,
+  CapabilitySets,
+  ResourceLimit,
   StdioOption,
   IdMapping,
   ExitStatus,
@@ -38,3 +40,33 @@ export { setns, sethostname, namespaceFlag, NAMESPACE_NAMES } from './host/names
 export type { NamespaceName } from './host/namespace';
 export { probeKvm } from './vm/kvm';
 export type { KvmProbe, KvmModules } from './vm/kvm';
+export { Runtime, defaultRoot } from './runtime';
+export type { RuntimeOptions, PruneResult, PruneCount } from './runtime';
+export { Image } from './image/image';
+export type { HistoryInput } from './image/image';
+export { Layer } from './image/layer';
+export { ImageService, hostArchitecture } from './image/images';
+export type { FromDirectoryOptions, RemoveImageOptions } from './image/images';
+export { Snapshotter } from './image/snapshots';
+export type { SnapshotInfo } from './image/snapshots';
+export type { ArchiveFormat, ExportOptions, ImportOptions } from './image/archive';
+export { ContentStore } from './store/content-store';
+export { FileLock } from './store/lock';
+export type { LockMode } from './store/lock';
+export type { ExpectedContent, StoredBlob } from './store/content-store';
+export * from './oci/index';
+export * from './container/cgroups/index';
+export { Container, applyChanges } from './container/container';
+export type { ContainerExit, ExecOptions, ExecProcess, CommitOptions, ContainerLogs, AttachedStreams } from './container/container';
+export { ContainerService } from './container/containers';
+export type { ListContainersOptions } from './container/containers';
+export type { ContainerOptions, VolumeOption, TmpfsOption, UlimitOption, UsernsOption } from './container/options';
+export { parseBytes } from './container/options';
+export type { ContainerState, ContainerStatus } from './container/state';
+export * from './container/seccomp/index';
+export type * from './oci/runtime-spec';
+export { RUNTIME_SPEC_VERSION } from './oci/runtime-spec';
+export type { Change, PackOptions, PackResult, ApplyOptions, ApplyResult } from './image/tar/index';
+export { packDirectory, applyLayer, diffOverlayUpper, diffTrees, packChanges, LayerError } from './image/tar/index';
+export type { LayerErrorCode, LayerErrorOptions } from './image/tar/index';
+export { writeBusyboxRootfs, isStaticElf, BUSYBOX_STATIC } from './image/busybox';

@@ -44,6 +44,26 @@ export interface NativeSpawnDescription {
   cgroupProcs?: string[];
   detached?: boolean;
   deathSignal?: number;
+  /** An fd of a pid namespace the child starts in (exec into a container). */
+  pidNsFd?: number;
+  /** Capability numbers per set; sets not given are empty. */
+  capabilities?: {
+    bounding: number[];
+    effective: number[];
+    permitted: number[];
+    inheritable: number[];
+    ambient: number[];
+    lastCap: number;
+  } | null;
+  /** RLIMIT_* resources with soft/hard values (-1 = unlimited). */
+  rlimits?: { resource: number; soft: number; hard: number }[];
+  noNewPrivs?: boolean;
+  /** A classic BPF program (struct sock_filter[]) installed with seccomp(2) right before exec. */
+  seccomp?: Buffer | null;
+  /** Make fd 0 (a tty) the child's controlling terminal in a new session. */
+  ctty?: boolean;
+  /** Bring up the loopback interface (in a new network namespace). */
+  loopbackUp?: boolean;
 }
 
 /** How a reaped process ended, as the kernel reported it. */
@@ -106,6 +126,25 @@ export interface NativeConstants {
   readonly SPAWN_OP_CHMOD: number;
   readonly SPAWN_OP_CREATE: number;
   readonly SPAWN_OP_OPTIONAL: number;
+  readonly LOCK_SH: number;
+  readonly LOCK_EX: number;
+  readonly LOCK_UN: number;
+  readonly RLIMIT_CPU: number;
+  readonly RLIMIT_FSIZE: number;
+  readonly RLIMIT_DATA: number;
+  readonly RLIMIT_STACK: number;
+  readonly RLIMIT_CORE: number;
+  readonly RLIMIT_RSS: number;
+  readonly RLIMIT_NPROC: number;
+  readonly RLIMIT_NOFILE: number;
+  readonly RLIMIT_MEMLOCK: number;
+  readonly RLIMIT_AS: number;
+  readonly RLIMIT_LOCKS: number;
+  readonly RLIMIT_SIGPENDING: number;
+  readonly RLIMIT_MSGQUEUE: number;
+  readonly RLIMIT_NICE: number;
+  readonly RLIMIT_RTPRIO: number;
+  readonly RLIMIT_RTTIME: number;
 }
 
 /** Every function the addon exports. Errors carry `code` (errno name), `errno`, `syscall`, `path`. */
@@ -135,6 +174,14 @@ export interface NativeBinding {
   lgetxattr(path: string, name: string): Buffer | null;
   /** llistxattr(2): attribute names. */
   llistxattr(path: string): string[];
+  /** flock(2), waiting on the libuv pool; `op` is LOCK_SH, LOCK_EX or LOCK_UN. */
+  flock(fd: number, op: number): Promise<void>;
+  /** flock(2) with LOCK_NB: false when someone else holds a conflicting lock. */
+  tryFlock(fd: number, op: number): boolean;
+  /** A pseudo-terminal pair (both O_CLOEXEC) with the given size; `path` is the slave's /dev/pts path. */
+  openPty(cols: number, rows: number): { master: number; slave: number; path: string };
+  /** TIOCSWINSZ on a pty fd. */
+  resizePty(fd: number, cols: number, rows: number): void;
   readonly constants: NativeConstants;
 }
 
@@ -160,6 +207,13 @@ export const SPAWN_STEPS = [
   'chdir',
   'execve',
   'signals',
+  'prlimit',
+  'capset',
+  'prctl(PR_SET_NO_NEW_PRIVS)',
+  'seccomp',
+  'ioctl(TIOCSCTTY)',
+  'setns(pid)',
+  'ioctl(SIOCSIFFLAGS lo)',
 ] as const;
 
 /** The directory holding package.json: one level above both lib/ and dist/. */

@@ -3,6 +3,7 @@
  * description computed here in full, and wait for it through a pidfd.
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
@@ -171,6 +172,100 @@ export interface SpawnOptions {
   detached?: boolean;
   /** Signal the child gets when the spawning thread dies. Default SIGKILL. */
   deathSignal?: NodeJS.Signals;
+  /** Start in this pid namespace (an fd of /proc/<pid>/ns/pid): for exec into a container. */
+  joinPidNamespace?: number;
+  /** Capability sets; default: unchanged. */
+  capabilities?: CapabilitySets;
+  /** Resource limits set in the child before it runs. */
+  rlimits?: readonly ResourceLimit[];
+  /** Set no_new_privs (setuid binaries and file capabilities grant nothing). Implied by `seccomp`. */
+  noNewPrivs?: boolean;
+  /** A compiled seccomp BPF program (struct sock_filter[]), installed right before exec. */
+  seccomp?: Buffer;
+  /** Make stdin (a pty) the controlling terminal of the child's own session. */
+  controllingTerminal?: boolean;
+  /** Bring up the loopback interface; default true with a new `net` namespace. */
+  loopback?: boolean;
+}
+
+let lastCapCache: number | undefined;
+function lastCap(): number {
+  if (lastCapCache === undefined) {
+    try {
+      lastCapCache = Number(readFileSync('/proc/sys/kernel/cap_last_cap', 'utf8').trim());
+    } catch {
+      lastCapCache = CAPABILITY_NAMES.length - 1;
+    }
+  }
+  return lastCapCache;
+}
+
+function nativeCaps(sets: CapabilitySets | undefined): NativeSpawnDescription['capabilities'] {
+  if (!sets) return null;
+  const nums = (names: readonly string[] | undefined) => (names ?? []).map(capabilityNumber);
+  return {
+    bounding: nums(sets.bounding),
+    effective: nums(sets.effective),
+    permitted: nums(sets.permitted),
+    inheritable: nums(sets.inheritable),
+    ambient: nums(sets.ambient),
+    lastCap: lastCap(),
+  };
+}
+
+function nativeRlimits(limits: readonly ResourceLimit[] | undefined): { resource: number; soft: number; hard: number }[] {
+  const c = native().constants as unknown as Record<string, number | undefined>;
+  return (limits ?? []).map((l) => {
+    const key = l.type.toUpperCase().startsWith('RLIMIT_') ? l.type.toUpperCase() : `RLIMIT_${l.type.toUpperCase()}`;
+    const resource = c[key];
+    if (resource === undefined) throw new InvalidArgumentError(`unknown resource limit '${l.type}'`);
+    const value = (v: number) => (v === Infinity || v < 0 ? -1 : v);
+    if (value(l.soft) !== -1 && (value(l.hard) !== -1 && l.soft > l.hard)) {
+      throw new InvalidArgumentError(`rlimit ${l.type}: soft ${l.soft} exceeds hard ${l.hard}`);
+    }
+    return { resource, soft: value(l.soft), hard: value(l.hard) };
+  });
+}
+
+/** Linux capability names as in capabilities(7), with or without the `CAP_` prefix. */
+export const CAPABILITY_NAMES = [
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
+  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER',
+  'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE',
+  'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP',
+  'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ', 'PERFMON', 'BPF',
+  'CHECKPOINT_RESTORE',
+] as const;
+
+/** The number of a capability given by name (`CAP_NET_ADMIN` or `NET_ADMIN`). */
+export function capabilityNumber(name: string): number {
+  const n = CAPABILITY_NAMES.indexOf(name.toUpperCase().replace(/^CAP_/, '') as (typeof CAPABILITY_NAMES)[number]);
+  if (n < 0) throw new InvalidArgumentError(`unknown capability '${name}'`);
+  return n;
+}
+
+/** The capability sets a process gets, by name; sets not given are empty. */
+export interface CapabilitySets {
+  /** Bounding set: the most the process (and anything it execs) can ever hold. */
+  bounding?: readonly string[];
+  /** Effective set. */
+  effective?: readonly string[];
+  /** Permitted set. */
+  permitted?: readonly string[];
+  /** Inheritable set. */
+  inheritable?: readonly string[];
+  /** Ambient set (kept across exec by non-root users); each must be permitted and inheritable. */
+  ambient?: readonly string[];
+}
+
+/** A resource limit: `RLIMIT_NOFILE` or `nofile`, soft and hard values (-1 or Infinity: unlimited). */
+export interface ResourceLimit {
+  /** Resource name, e.g. `RLIMIT_NOFILE` or `nofile`. */
+  type: string;
+  /** Soft limit. */
+  soft: number;
+  /** Hard limit (cannot exceed the caller's unless it has CAP_SYS_RESOURCE). */
+  hard: number;
 }
 
 /** How a process ended. Exactly one of `exitCode` and `signal` is non-null. */
@@ -459,6 +554,13 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       cgroupProcs: [...(options.cgroupProcs ?? [])],
       detached: options.detached ?? false,
       deathSignal: options.deathSignal ? signalNumber(options.deathSignal) : 0,
+      pidNsFd: options.joinPidNamespace ?? -1,
+      capabilities: nativeCaps(options.capabilities),
+      rlimits: nativeRlimits(options.rlimits),
+      noNewPrivs: options.noNewPrivs ?? false,
+      seccomp: options.seccomp ?? null,
+      ctty: options.controllingTerminal ?? false,
+      loopbackUp: options.loopback ?? Boolean(flags & c.CLONE_NEWNET),
     };
 
     let started: { pid: number; pidfd: number };

@@ -1,5 +1,5 @@
 import { execFile, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -355,5 +355,81 @@ describeRoot('spawn: cgroups and pivot_root', () => {
     expect(hidden).toBe('host-hidden');
     expect(cwd).toBe('/work');
     expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(root);
+  });
+});
+
+/** A tiny seccomp program: EPERM for mkdir/mkdirat, allow everything else. */
+function denyMkdirFilter(): Buffer {
+  const nrs = process.arch === 'x64' ? [83, 258] : [34];
+  const insns: [number, number, number, number][] = [[0x20, 0, 0, 0]]; // ld [nr]
+  nrs.forEach((nr, i) => insns.push([0x15, nrs.length - i, 0, nr])); // jeq nr → deny
+  insns.push([0x06, 0, 0, 0x7fff0000]); // ret ALLOW
+  insns.push([0x06, 0, 0, 0x00050000 | 1]); // ret ERRNO(EPERM)
+  const buf = Buffer.alloc(insns.length * 8);
+  insns.forEach(([code, jt, jf, k], i) => {
+    buf.writeUInt16LE(code, i * 8);
+    buf.writeUInt8(jt, i * 8 + 2);
+    buf.writeUInt8(jf, i * 8 + 3);
+    buf.writeUInt32LE(k, i * 8 + 4);
+  });
+  return buf;
+}
+
+function statusField(text: string, field: string): string {
+  return text.split('\n').find((l) => l.startsWith(`${field}:`))?.split(/\s+/)[1] ?? '';
+}
+
+describeRoot('spawn: privileges, limits and exec into namespaces', () => {
+  const STATUS = ['sh', '-c', 'cat /proc/self/status; echo limit=$(ulimit -n)'];
+
+  it('sets exactly the requested capability sets, and ambient ones for a non-root user', async () => {
+    const caps = ['CHOWN', 'CAP_KILL', 'NET_BIND_SERVICE'];
+    const root = await run({ argv: STATUS, env: PATH, capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: caps } });
+    const mask = ((1n << 0n) | (1n << 5n) | (1n << 10n)).toString(16).padStart(16, '0');
+    expect(statusField(root.stdout, 'CapBnd')).toBe(mask);
+    expect(statusField(root.stdout, 'CapEff')).toBe(mask);
+    const user = await run({
+      argv: STATUS,
+      env: PATH,
+      user: { uid: 1000, gid: 1000 },
+      capabilities: { bounding: ['NET_BIND_SERVICE'], effective: ['NET_BIND_SERVICE'], permitted: ['NET_BIND_SERVICE'], inheritable: ['NET_BIND_SERVICE'], ambient: ['NET_BIND_SERVICE'] },
+    });
+    expect(statusField(user.stdout, 'CapAmb')).toBe((1n << 10n).toString(16).padStart(16, '0'));
+    expect(statusField(user.stdout, 'CapEff')).toBe((1n << 10n).toString(16).padStart(16, '0'));
+    expect(statusField(user.stdout, 'Uid')).toBe('1000');
+    await expect(spawn({ argv: ['true'], capabilities: { bounding: ['CAP_TELEPORT'] } })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+  });
+
+  it('applies rlimits, and reports the kernel refusing a hard limit above ours', async () => {
+    const r = await run({ argv: STATUS, env: PATH, rlimits: [{ type: 'nofile', soft: 512, hard: 1024 }] });
+    expect(r.stdout).toContain('limit=512');
+    const tooHigh = await spawn({ argv: ['true'], rlimits: [{ type: 'RLIMIT_NOFILE', soft: 1024, hard: 10_000_000 }] }).catch((e: unknown) => e);
+    expect(tooHigh).toMatchObject({ code: 'EPERM', step: 'prlimit' }); // no CAP_SYS_RESOURCE here
+  });
+
+  it('installs no_new_privs and a seccomp filter right before exec', async () => {
+    const r = await run({ argv: STATUS, env: PATH, noNewPrivs: true });
+    expect(statusField(r.stdout, 'NoNewPrivs')).toBe('1');
+    const filtered = await run({ argv: ['sh', '-c', `mkdir /tmp/nacelle-test-seccomp-$$ 2>&1; grep ^Seccomp: /proc/self/status`], env: PATH, seccomp: denyMkdirFilter() });
+    expect(filtered.stdout).toMatch(/Operation not permitted/);
+    expect(filtered.stdout).toMatch(/Seccomp:\s+2/);
+    const bad = await spawn({ argv: ['true'], seccomp: Buffer.alloc(8) }).catch((e: unknown) => e); // ld [0] without ret
+    expect(bad).toMatchObject({ code: 'EINVAL', step: 'seccomp' });
+  });
+
+  it('starts a process inside another process\'s pid namespace (exec) and leaves this thread as it was', async () => {
+    const holder = await spawn({ argv: ['sleep', '30'], env: PATH, namespaces: ['pid', 'mount'], stdio: ['ignore', 'ignore', 'ignore'] });
+    const ns = openSync(`/proc/${holder.pid}/ns/pid`, 'r');
+    try {
+      const inside = await run({ argv: ['sh', '-c', 'echo $$'], env: PATH, joinPidNamespace: ns });
+      expect(Number(inside.stdout.trim())).toBeGreaterThan(1);
+      expect(Number(inside.stdout.trim())).toBeLessThan(10);
+      const outside = await run({ argv: ['sh', '-c', 'echo $$'], env: PATH });
+      expect(Number(outside.stdout.trim())).toBe(outside.pid);
+    } finally {
+      closeSync(ns);
+      holder.kill('SIGKILL');
+      await holder.wait();
+    }
   });
 });

@@ -1,0 +1,729 @@
+/**
+ * Container: a process isolated by namespaces, limited by cgroups, on an
+ * overlayfs of its image's layers with a private writable layer on top.
+ * @module
+ */
+import { createWriteStream, type WriteStream, lstatSync } from 'node:fs';
+import { type FileHandle, open, readFile, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { ReadStream as TtyReadStream } from 'node:tty';
+import { ConflictError, NacelleError, SpawnError, StateError, TimeoutError, fromNativeError } from '../errors';
+import type { Image } from '../image/image';
+import { Layer } from '../image/layer';
+import { type Change, diffOverlayUpper, packChanges } from '../image/tar/index';
+import { native } from '../native';
+import type { ContainerConfig } from '../oci/types';
+import type { RuntimeSpec } from '../oci/runtime-spec';
+import { type ExitStatus, Process, type SpawnOptions, signalNumber, spawn } from '../process/spawn';
+import { Cgroup } from './cgroups/index';
+import type { CgroupLimits, CgroupStats } from './cgroups/index';
+import type { ContainerService } from './containers';
+import { rootfsOperations } from './rootfs';
+import { compileSeccomp } from './seccomp/index';
+import { type ContainerState, type ContainerStatus, processStartTime, readState, statePaths, stillRunning, writeState } from './state';
+
+/** How a container ended. */
+export interface ContainerExit {
+  /** Exit code; 128 + n when signal n ended it (as Docker reports); null when unknown. */
+  exitCode: number | null;
+  /** The signal that ended it, if one did. */
+  signal: NodeJS.Signals | null;
+  /** Whether the kernel's OOM killer ended it (cgroup memory limit). */
+  oomKilled: boolean;
+}
+
+/** A container's output so far, by stream. */
+export interface ContainerLogs {
+  /** Everything written to stdout (the terminal's output with `tty`). */
+  stdout: string;
+  /** Everything written to stderr. */
+  stderr: string;
+}
+
+/** Live output streams of a container, from any process. */
+export interface AttachedStreams {
+  /** stdout, from the start, ending when the container exits. */
+  stdout: Readable;
+  /** stderr, likewise. */
+  stderr: Readable;
+}
+
+/** Options of {@link Container.exec}. */
+export interface ExecOptions {
+  /** Extra environment for this process. */
+  env?: Readonly<Record<string, string>>;
+  /** Working directory inside the container (default the container's). */
+  workdir?: string;
+  /** `uid[:gid]` (default the container's user). */
+  user?: string;
+  /** Keep stdin open as a writable stream. */
+  stdin?: boolean;
+  /** Allocate a pseudo-terminal. */
+  tty?: boolean;
+}
+
+/** A process started in a running container by {@link Container.exec}. */
+export interface ExecProcess {
+  /** Host pid. */
+  readonly pid: number;
+  /** stdin, when asked for. */
+  readonly stdin: Writable | null;
+  /** stdout (the pty's output with `tty`). */
+  readonly stdout: Readable;
+  /** stderr (empty with `tty`). */
+  readonly stderr: Readable;
+  /** Resolves with the exit status. */
+  wait(): Promise<ExitStatus>;
+  /** Signals the process. */
+  kill(signal?: NodeJS.Signals): boolean;
+}
+
+/** What `commit` records. */
+export interface CommitOptions {
+  /** Tag for the new image. */
+  tag?: string;
+  /** History comment (Docker's `--message`). */
+  message?: string;
+  /** Author recorded in history. */
+  author?: string;
+  /** Dockerfile instructions applied to the config: `CMD ["sh"]`, `ENV A=1`, `WORKDIR /x`, `USER 1000`, `LABEL a=b`, `ENTRYPOINT …`, `EXPOSE 80`, `STOPSIGNAL SIGINT`. */
+  changes?: readonly string[];
+  /** Pause the container while committing (default true, as Docker). */
+  pause?: boolean;
+}
+
+/** Exit code Docker reports for a process killed by a signal. */
+function exitCodeOf(status: ExitStatus): number | null {
+  if (status.exitCode !== null) return status.exitCode;
+  return status.signal ? 128 + signalNumber(status.signal) : null;
+}
+
+/** A container. Get one from `rt.containers.create`, `run`, `get` or `list`. */
+export class Container {
+  /** 64 hex characters. */
+  readonly id: string;
+  /** The service that owns it. @internal */
+  readonly service: ContainerService;
+  #state: ContainerState;
+  #process: Process | undefined;
+  #cgroup: Cgroup | undefined;
+  #exit: Promise<ContainerExit> | undefined;
+  #stdout = new PassThrough();
+  #stderr = new PassThrough();
+  #stdin: Writable | null = null;
+  #ttyMaster: number | undefined;
+
+  /** @internal */
+  constructor(service: ContainerService, state: ContainerState) {
+    this.service = service;
+    this.id = state.id;
+    this.#state = state;
+  }
+
+  /** The state directory. */
+  get dir(): string {
+    return join(this.service.root, this.id);
+  }
+
+  /** The name, if it has one. */
+  get name(): string | undefined {
+    return this.#state.name;
+  }
+
+  /** Status as last read (see {@link Container.refresh}). */
+  get status(): ContainerStatus {
+    return this.#state.status;
+  }
+
+  /** Host pid of the container's init while it runs. */
+  get pid(): number | undefined {
+    return this.#state.status === 'running' || this.#state.status === 'paused' ? this.#state.pid : undefined;
+  }
+
+  /** A copy of the state file. */
+  get state(): Readonly<ContainerState> {
+    return { ...this.#state };
+  }
+
+  /** The container's stdout (its terminal output with `tty`), while this process started it. */
+  get stdout(): Readable {
+    return this.#stdout;
+  }
+
+  /** The container's stderr. */
+  get stderr(): Readable {
+    return this.#stderr;
+  }
+
+  /** The container's stdin when created with `stdin: true` (and started here). */
+  get stdin(): Writable | null {
+    return this.#stdin;
+  }
+
+  /** The runtime spec (config.json). */
+  async spec(): Promise<RuntimeSpec> {
+    return JSON.parse(await readFile(statePaths(this.dir).config, 'utf8')) as RuntimeSpec;
+  }
+
+  /** Re-reads the state file and checks the process table, fixing a stale `running`. */
+  async refresh(): Promise<ContainerState> {
+    const state = await readState(this.dir);
+    if ((state.status === 'running' || state.status === 'paused') && !this.#process && !(await stillRunning(state))) {
+      // Its creator died without recording the end (a foreground container is
+      // killed with it; a detached one's exit code is known only to its parent).
+      state.status = 'exited';
+      state.finishedAt ??= new Date().toISOString();
+      if (state.exitCode === undefined) {
+        state.exitCode = state.detached ? null : 137;
+        state.signal = state.detached ? null : 'SIGKILL';
+      }
+      await writeState(this.dir, state);
+    }
+    this.#state = state;
+    return state;
+  }
+
+  async #update(change: Partial<ContainerState>): Promise<void> {
+    const current = await readState(this.dir).catch(() => this.#state);
+    this.#state = { ...current, ...change };
+    await writeState(this.dir, this.#state);
+  }
+
+  /** Starts the container's process. */
+  async start(): Promise<void> {
+    await this.refresh();
+    if (this.#state.status !== 'created') {
+      throw new StateError(`container ${this.id.slice(0, 12)} is ${this.#state.status}; only a created container starts`);
+    }
+    const spec = await this.spec();
+    const paths = statePaths(this.dir);
+    const image = await this.service.images.get(this.#state.image);
+    const lowerDirs = [await this.service.initLayer(), ...(await image.lowerDirs())];
+    const limits = cgroupLimits(spec);
+    const cgroup = await Cgroup.create(this.id, limits);
+    this.#cgroup = cgroup;
+    const proc = spec.process!;
+    const detached = this.#state.detached;
+    const tty = proc.terminal ?? false;
+    const closeAfter: number[] = [];
+    let stdio: SpawnOptions['stdio'];
+    let logs: { out: WriteStream; err: WriteStream } | undefined;
+    try {
+      if (tty) {
+        const pty = native().openPty(proc.consoleSize?.width ?? 80, proc.consoleSize?.height ?? 24);
+        this.#ttyMaster = pty.master;
+        closeAfter.push(pty.slave);
+        stdio = [pty.slave, pty.slave, pty.slave];
+      } else if (detached) {
+        const out = await open(paths.stdoutLog, 'a');
+        const err = await open(paths.stderrLog, 'a');
+        stdio = ['ignore', out.fd, err.fd];
+        this.#detachedHandles = [out, err];
+      } else {
+        stdio = [this.service.keepStdin(this.id) ? 'pipe' : 'ignore', 'pipe', 'pipe'];
+      }
+      const caps = proc.capabilities;
+      const userns = spec.linux?.namespaces?.some((n) => n.type === 'user') ?? false;
+      const ops = rootfsOperations(
+        spec,
+        { rootfs: paths.rootfs, lowerDirs, upper: paths.upper, work: paths.work },
+        {
+          tty,
+          userns,
+          isDirectorySource: (p) => {
+            try {
+              return lstatSync(p).isDirectory();
+            } catch {
+              return false;
+            }
+          },
+          hostPathKind: (p) => {
+            try {
+              return lstatSync(p).isDirectory() ? 'dir' : 'file';
+            } catch {
+              return 'missing';
+            }
+          },
+        },
+      );
+      const namespaces = (spec.linux?.namespaces ?? []).map((n) => (n.type === 'network' ? 'net' : n.type)) as SpawnOptions['namespaces'];
+      this.#process = await spawn({
+        argv: proc.args,
+        env: proc.env ?? [],
+        cwd: proc.cwd,
+        namespaces,
+        ...(spec.hostname ? { hostname: spec.hostname } : {}),
+        mounts: ops,
+        pivotRoot: paths.rootfs,
+        user: { uid: proc.user.uid, gid: proc.user.gid, groups: proc.user.additionalGids ?? [] },
+        ...(userns
+          ? {
+              uidMap: (spec.linux?.uidMappings ?? []).map((m) => ({ containerId: m.containerID, hostId: m.hostID, size: m.size })),
+              gidMap: (spec.linux?.gidMappings ?? []).map((m) => ({ containerId: m.containerID, hostId: m.hostID, size: m.size })),
+            }
+          : {}),
+        ...(caps
+          ? {
+              capabilities: {
+                bounding: caps.bounding ?? [],
+                effective: caps.effective ?? [],
+                permitted: caps.permitted ?? [],
+                inheritable: caps.inheritable ?? [],
+                ambient: caps.ambient ?? [],
+              },
+            }
+          : {}),
+        rlimits: (proc.rlimits ?? []).map((r) => ({ type: r.type, soft: r.soft, hard: r.hard })),
+        noNewPrivs: proc.noNewPrivileges ?? false,
+        ...(spec.linux?.seccomp ? { seccomp: compileSeccomp(spec.linux.seccomp) } : {}),
+        cgroupProcs: cgroup.procsFiles(),
+        detached,
+        stdio,
+        controllingTerminal: tty,
+      });
+    } catch (err) {
+      for (const fd of closeAfter) this.#closeFd(fd);
+      await this.#closeDetachedHandles();
+      if (this.#ttyMaster !== undefined) this.#closeFd(this.#ttyMaster);
+      this.#ttyMaster = undefined;
+      await cgroup.destroy().catch(() => undefined);
+      this.#cgroup = undefined;
+      if (err instanceof SpawnError && err.step === 'execve') {
+        // Docker semantics: the command could not run; the container exits 127 (126 when not executable).
+        const code = err.code === 'EACCES' ? 126 : 127;
+        await this.#update({ status: 'exited', exitCode: code, signal: null, finishedAt: new Date().toISOString() });
+        throw new SpawnError(`container ${this.id.slice(0, 12)}: cannot run '${err.path ?? proc.args[0]}': ${err.message}`, {
+          code: err.code,
+          errno: err.errno,
+          syscall: err.syscall,
+          step: err.step,
+          ...(err.path !== undefined ? { path: err.path } : {}),
+          cause: err,
+        });
+      }
+      await this.#update({ status: 'created' });
+      throw err;
+    }
+    for (const fd of closeAfter) this.#closeFd(fd);
+    await this.#closeDetachedHandles();
+    const p = this.#process;
+    const pidStart = await processStartTime(p.pid);
+    await this.#update({
+      status: 'running',
+      pid: p.pid,
+      ...(pidStart ? { pidStart } : {}),
+      parentPid: process.pid,
+      startedAt: new Date().toISOString(),
+    });
+    if (tty && this.#ttyMaster !== undefined) {
+      const stream = new TtyReadStream(this.#ttyMaster);
+      logs = { out: createWriteStream(paths.stdoutLog, { flags: 'a' }), err: createWriteStream(paths.stderrLog, { flags: 'a' }) };
+      this.#tee(stream, this.#stdout, logs.out);
+      this.#stdin = stream;
+      this.#stderr.end();
+    } else if (!detached) {
+      logs = { out: createWriteStream(paths.stdoutLog, { flags: 'a' }), err: createWriteStream(paths.stderrLog, { flags: 'a' }) };
+      this.#tee(p.stdout!, this.#stdout, logs.out);
+      this.#tee(p.stderr!, this.#stderr, logs.err);
+      this.#stdin = p.stdin;
+    } else {
+      this.#stdout.end();
+      this.#stderr.end();
+    }
+    this.#exit = this.#watch(p, cgroup, logs);
+    this.#exit.catch(() => undefined);
+  }
+
+  #detachedHandles: FileHandle[] = [];
+
+  async #closeDetachedHandles(): Promise<void> {
+    const handles = this.#detachedHandles;
+    this.#detachedHandles = [];
+    for (const h of handles) await h.close().catch(() => undefined);
+  }
+
+  #closeFd(fd: number): void {
+    try {
+      native().close(fd);
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Copies a stream to the container's public stream and its log file. */
+  #tee(source: Readable, target: PassThrough, log: WriteStream): void {
+    source.on('data', (chunk: Buffer) => {
+      log.write(chunk);
+      // Nobody may be reading: keep at most 8 MiB buffered (logs() has all of it).
+      if (target.readableLength < 8 * 1024 * 1024) target.write(chunk);
+    });
+    const end = () => {
+      if (!target.writableEnded) target.end();
+    };
+    source.on('end', end);
+    source.on('close', end);
+    source.on('error', (err: NodeJS.ErrnoException) => {
+      // EIO is how a pty master reports that the last slave fd closed.
+      if (err.code !== 'EIO') target.destroy(err);
+      end();
+    });
+  }
+
+  async #watch(p: Process, cgroup: Cgroup, logs: { out: WriteStream; err: WriteStream } | undefined): Promise<ContainerExit> {
+    const status = await p.wait();
+    const oomKilled = (await cgroup.oomKilled().catch(() => 0)) > 0;
+    await cgroup.destroy().catch(() => undefined);
+    this.#cgroup = undefined;
+    if (this.#ttyMaster !== undefined) {
+      this.#closeFd(this.#ttyMaster);
+      this.#ttyMaster = undefined;
+    }
+    if (logs) {
+      await Promise.all([new Promise((r) => logs.out.end(r)), new Promise((r) => logs.err.end(r))]);
+    }
+    const exit: ContainerExit = { exitCode: exitCodeOf(status), signal: status.signal, oomKilled };
+    await this.#update({ status: 'exited', exitCode: exit.exitCode, signal: exit.signal, oomKilled, finishedAt: new Date().toISOString() });
+    if (this.#state.autoRemove) await this.remove({ force: true }).catch(() => undefined);
+    return exit;
+  }
+
+  /**
+   * Resolves when the container exits: `{ exitCode, signal, oomKilled }`.
+   * Works from any process; only the one that started it sees exit codes of
+   * detached containers it outlived.
+   */
+  async wait(options: { timeoutMs?: number } = {}): Promise<ContainerExit> {
+    const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+    if (this.#exit) {
+      if (deadline === Infinity) return this.#exit;
+      return Promise.race([
+        this.#exit,
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new TimeoutError(`container ${this.id.slice(0, 12)} still running after ${options.timeoutMs} ms`)), options.timeoutMs).unref(),
+        ),
+      ]);
+    }
+    for (;;) {
+      const state = await this.refresh();
+      if (state.status === 'exited') return { exitCode: state.exitCode ?? null, signal: state.signal ?? null, oomKilled: state.oomKilled ?? false };
+      if (state.status === 'created') throw new StateError(`container ${this.id.slice(0, 12)} has not been started`);
+      if (Date.now() > deadline) throw new TimeoutError(`container ${this.id.slice(0, 12)} still running after ${options.timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async #requireRunning(what: string): Promise<ContainerState> {
+    const state = await this.refresh();
+    if (state.status !== 'running' && state.status !== 'paused') {
+      throw new StateError(`cannot ${what} container ${this.id.slice(0, 12)}: it is ${state.status}`);
+    }
+    return state;
+  }
+
+  /** Sends a signal to the container's init (default SIGKILL). */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const state = await this.#requireRunning('kill');
+    if (this.#process) {
+      this.#process.kill(signal);
+      return;
+    }
+    const fd = native().pidfdOpen(state.pid!);
+    try {
+      if ((await processStartTime(state.pid!)) !== state.pidStart) return; // gone in between
+      native().pidfdSendSignal(fd, signalNumber(signal));
+    } catch (err) {
+      throw fromNativeError(err);
+    } finally {
+      native().close(fd);
+    }
+  }
+
+  /** Sends the stop signal, waits up to `timeout` seconds (default 10), then SIGKILL. */
+  async stop(options: { timeout?: number } = {}): Promise<ContainerExit> {
+    const state = await this.#requireRunning('stop');
+    if (state.status === 'paused') await this.resume();
+    await this.kill(state.stopSignal);
+    try {
+      return await this.wait({ timeoutMs: (options.timeout ?? 10) * 1000 });
+    } catch (err) {
+      if (!(err instanceof TimeoutError)) throw err;
+      await this.kill('SIGKILL').catch(() => undefined);
+      return this.wait();
+    }
+  }
+
+  /** Freezes every process of the container (cgroup freezer). */
+  async pause(): Promise<void> {
+    const state = await this.#requireRunning('pause');
+    if (state.status === 'paused') throw new StateError(`container ${this.id.slice(0, 12)} is already paused`);
+    await (await this.#cgroupHandle()).freeze();
+    await this.#update({ status: 'paused' });
+  }
+
+  /** Thaws a paused container. */
+  async resume(): Promise<void> {
+    const state = await this.#requireRunning('resume');
+    if (state.status !== 'paused') throw new StateError(`container ${this.id.slice(0, 12)} is not paused`);
+    await (await this.#cgroupHandle()).thaw();
+    await this.#update({ status: 'running' });
+  }
+
+  async #cgroupHandle(): Promise<Cgroup> {
+    this.#cgroup ??= await Cgroup.open(this.id);
+    return this.#cgroup;
+  }
+
+  /** Memory, CPU and pid usage from the container's cgroup. */
+  async stats(): Promise<CgroupStats> {
+    await this.#requireRunning('read stats of');
+    return (await this.#cgroupHandle()).stats();
+  }
+
+  /** Resizes the container's terminal (containers created with `tty: true`). */
+  resize(cols: number, rows: number): void {
+    if (this.#ttyMaster === undefined) throw new StateError(`container ${this.id.slice(0, 12)} has no terminal here`);
+    native().resizePty(this.#ttyMaster, cols, rows);
+  }
+
+  /** What the container wrote so far (both streams, from its log files). */
+  async logs(): Promise<ContainerLogs> {
+    const paths = statePaths(this.dir);
+    const read = (p: string) => readFile(p, 'utf8').catch(() => '');
+    return { stdout: await read(paths.stdoutLog), stderr: await read(paths.stderrLog) };
+  }
+
+  /**
+   * Follows the container's output from its log files, from the start, until
+   * it exits: works from any process, like `docker attach` for output.
+   */
+  attach(): AttachedStreams {
+    const paths = statePaths(this.dir);
+    const follow = (file: string): Readable => {
+      const out = new PassThrough();
+      let offset = 0;
+      const pump = async (): Promise<void> => {
+        for (;;) {
+          const data = await readFile(file).catch(() => Buffer.alloc(0));
+          if (data.length > offset) {
+            out.write(data.subarray(offset));
+            offset = data.length;
+          }
+          const state = await this.refresh().catch(() => undefined);
+          if (!state || state.status === 'exited') {
+            const rest = await readFile(file).catch(() => Buffer.alloc(0));
+            if (rest.length > offset) out.write(rest.subarray(offset));
+            out.end();
+            return;
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      pump().catch((err: unknown) => out.destroy(err as Error));
+      return out;
+    };
+    return { stdout: follow(paths.stdoutLog), stderr: follow(paths.stderrLog) };
+  }
+
+  /** Runs another process in the running container's namespaces and cgroup. */
+  async exec(cmd: readonly string[], options: ExecOptions = {}): Promise<ExecProcess> {
+    const state = await this.#requireRunning('exec in');
+    if (state.status === 'paused') throw new StateError(`container ${this.id.slice(0, 12)} is paused`);
+    const spec = await this.spec();
+    const proc = spec.process!;
+    const pid = state.pid!;
+    const kinds = (spec.linux?.namespaces ?? []).map((n) => n.type);
+    const order: [string, string][] = [
+      ['user', 'user'],
+      ['mount', 'mnt'],
+      ['ipc', 'ipc'],
+      ['uts', 'uts'],
+      ['network', 'net'],
+      ['cgroup', 'cgroup'],
+    ];
+    const fds: number[] = [];
+    let pidNs: number | undefined;
+    try {
+      for (const [kind, file] of order) {
+        if (kinds.includes(kind as never)) fds.push((await open(`/proc/${pid}/ns/${file}`, 'r')).fd);
+      }
+      pidNs = (await open(`/proc/${pid}/ns/pid`, 'r')).fd;
+      if ((await processStartTime(pid)) !== state.pidStart) throw new StateError(`container ${this.id.slice(0, 12)} exited`);
+      const env = new Map((proc.env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)] as [string, string]));
+      for (const [k, v] of Object.entries(options.env ?? {})) env.set(k, v);
+      let user = { uid: proc.user.uid, gid: proc.user.gid, groups: proc.user.additionalGids ?? [] };
+      if (options.user) {
+        const [u, g] = options.user.split(':');
+        if (!/^\d+$/.test(u ?? '') || (g !== undefined && !/^\d+$/.test(g))) {
+          throw new NacelleError(`exec user must be numeric uid[:gid], got '${options.user}'`, { code: 'ERR_INVALID_ARG' });
+        }
+        user = { uid: Number(u), gid: g === undefined ? Number(u) : Number(g), groups: [] };
+      }
+      const caps = proc.capabilities;
+      let pty: { master: number; slave: number } | undefined;
+      if (options.tty) pty = native().openPty(80, 24);
+      const p = await spawn({
+        argv: cmd,
+        env: [...env].map(([k, v]) => `${k}=${v}`),
+        cwd: options.workdir ?? proc.cwd,
+        joinNamespaces: fds,
+        joinPidNamespace: pidNs,
+        user,
+        ...(caps
+          ? {
+              capabilities: {
+                bounding: caps.bounding ?? [],
+                effective: caps.effective ?? [],
+                permitted: caps.permitted ?? [],
+                inheritable: caps.inheritable ?? [],
+                ambient: caps.ambient ?? [],
+              },
+            }
+          : {}),
+        noNewPrivs: proc.noNewPrivileges ?? false,
+        ...(spec.linux?.seccomp ? { seccomp: compileSeccomp(spec.linux.seccomp) } : {}),
+        cgroupProcs: (await this.#cgroupHandle()).procsFiles(),
+        stdio: pty ? [pty.slave, pty.slave, pty.slave] : [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+        controllingTerminal: Boolean(pty),
+      }).finally(() => {
+        if (pty) native().close(pty.slave);
+      });
+      if (pty) {
+        const stream = new TtyReadStream(pty.master);
+        const out = new PassThrough();
+        stream.on('data', (c: Buffer) => out.write(c));
+        stream.on('error', () => out.end());
+        stream.on('close', () => out.end());
+        const stderr = new PassThrough();
+        stderr.end();
+        const waitP = p.wait().finally(() => stream.destroy());
+        return { pid: p.pid, stdin: stream, stdout: out, stderr, wait: () => waitP, kill: (s) => p.kill(s) };
+      }
+      return { pid: p.pid, stdin: p.stdin, stdout: p.stdout!, stderr: p.stderr!, wait: () => p.wait(), kill: (s) => p.kill(s) };
+    } finally {
+      for (const fd of fds) this.#closeFd(fd);
+      if (pidNs !== undefined) this.#closeFd(pidNs);
+    }
+  }
+
+  /** What changed in the container's filesystem, like `docker diff`. */
+  async diff(): Promise<Change[]> {
+    const image = await this.service.images.get(this.#state.image);
+    const lowerDirs = [await this.service.initLayer(), ...(await image.lowerDirs())];
+    return diffOverlayUpper(statePaths(this.dir).upper, lowerDirs);
+  }
+
+  /** A new image: the container's image plus one layer holding its changes. */
+  async commit(options: CommitOptions = {}): Promise<Image> {
+    const state = await this.refresh();
+    const pause = (options.pause ?? true) && state.status === 'running';
+    if (pause) await this.pause();
+    const tmp = join(tmpdir(), `nacelle-commit-${randomBytes(6).toString('hex')}.tar.gz`);
+    try {
+      const changes = await this.diff();
+      await packChanges(statePaths(this.dir).upper, changes, createWriteStream(tmp));
+      const layer = await Layer.fromTar(tmp);
+      const image = await this.service.images.get(this.#state.image);
+      const spec = await this.spec();
+      let next = await image.withLayer(layer, {
+        createdBy: spec.process?.args.join(' ') ?? '',
+        ...(options.message !== undefined ? { comment: options.message } : {}),
+        ...(options.author !== undefined ? { author: options.author } : {}),
+      });
+      if (options.changes?.length) next = await next.withConfig(applyChanges(next.config, options.changes), { createdBy: `commit --change ${options.changes.join('; ')}` });
+      if (options.tag) next = await this.service.images.tag(next, options.tag);
+      await layer.storeIn(this.service.images.store);
+      return next;
+    } finally {
+      await rm(tmp, { force: true });
+      if (pause) await this.resume().catch(() => undefined);
+    }
+  }
+
+  /** Removes the container: its state, writable layer and cgroup. Running ones need `force`. */
+  async remove(options: { force?: boolean } = {}): Promise<void> {
+    const state = await this.refresh().catch(() => undefined);
+    if (!state) return;
+    if (state.status === 'running' || state.status === 'paused') {
+      if (!options.force) throw new ConflictError(`container ${this.id.slice(0, 12)} is ${state.status}: stop it first or remove with force`);
+      if (state.status === 'paused') await this.resume().catch(() => undefined);
+      await this.kill('SIGKILL').catch(() => undefined);
+      await this.wait({ timeoutMs: 10_000 }).catch(() => undefined);
+    }
+    const cg = await Cgroup.open(this.id).catch(() => undefined);
+    await cg?.destroy().catch(() => undefined);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+function cgroupLimits(spec: RuntimeSpec): CgroupLimits {
+  const r = spec.linux?.resources ?? {};
+  const limits: CgroupLimits = {};
+  if (r.memory?.limit !== undefined) limits.memory = r.memory.limit;
+  if (r.memory?.swap !== undefined) limits.memorySwap = r.memory.swap;
+  if (r.cpu?.shares !== undefined) limits.cpuShares = r.cpu.shares;
+  if (r.cpu?.quota !== undefined) limits.cpuQuota = r.cpu.quota;
+  if (r.cpu?.period !== undefined && r.cpu.quota !== undefined) limits.cpuPeriod = r.cpu.period;
+  if (r.cpu?.cpus !== undefined) limits.cpusetCpus = r.cpu.cpus;
+  if (r.pids?.limit !== undefined) limits.pids = r.pids.limit;
+  return limits;
+}
+
+function parseArgs(rest: string): string[] {
+  const trimmed = rest.trim();
+  if (trimmed.startsWith('[')) {
+    const parsed = JSON.parse(trimmed) as unknown;
+    if (Array.isArray(parsed) && parsed.every((x) => typeof x === 'string')) return parsed as string[];
+  }
+  return ['/bin/sh', '-c', trimmed];
+}
+
+/** Applies Dockerfile-style config instructions (`docker commit --change`). */
+export function applyChanges(config: ContainerConfig, changes: readonly string[]): Partial<ContainerConfig> {
+  const next: ContainerConfig = structuredClone(config);
+  for (const change of changes) {
+    const m = /^\s*(\w+)\s+([\s\S]*)$/.exec(change);
+    if (!m) throw new NacelleError(`cannot read change '${change}'`, { code: 'ERR_INVALID_ARG' });
+    const [, instr, rest] = m as unknown as [string, string, string];
+    switch (instr.toUpperCase()) {
+      case 'CMD':
+        next.Cmd = parseArgs(rest);
+        break;
+      case 'ENTRYPOINT':
+        next.Entrypoint = parseArgs(rest);
+        break;
+      case 'ENV': {
+        const env = (next.Env ?? []).filter((e) => !rest.trim().split(/\s+/).some((kv) => e.startsWith(`${kv.split('=')[0]}=`)));
+        for (const kv of rest.trim().split(/\s+/)) env.push(kv.includes('=') ? kv : `${kv}=`);
+        next.Env = env;
+        break;
+      }
+      case 'WORKDIR':
+        next.WorkingDir = rest.trim();
+        break;
+      case 'USER':
+        next.User = rest.trim();
+        break;
+      case 'LABEL':
+        next.Labels = { ...(next.Labels ?? {}) };
+        for (const kv of rest.trim().split(/\s+/)) {
+          const [k, ...v] = kv.split('=');
+          next.Labels[k!] = v.join('=').replace(/^"|"$/g, '');
+        }
+        break;
+      case 'EXPOSE':
+        next.ExposedPorts = { ...(next.ExposedPorts ?? {}) };
+        for (const p of rest.trim().split(/\s+/)) next.ExposedPorts[p.includes('/') ? p : `${p}/tcp`] = {};
+        break;
+      case 'STOPSIGNAL':
+        next.StopSignal = rest.trim();
+        break;
+      default:
+        throw new NacelleError(`unsupported change instruction '${instr}'`, { code: 'ERR_INVALID_ARG' });
+    }
+  }
+  return next;
+}
+

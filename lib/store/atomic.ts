@@ -1,0 +1,47 @@
+/**
+ * Atomic file writes: a temporary file in the same directory, fsync'd, then
+ * renamed over the target, then the directory fsync'd, so a crash leaves the
+ * old content or the new, never a torn file.
+ * @module
+ * @internal
+ */
+import { randomBytes } from 'node:crypto';
+import { open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+/** fsync a directory so a rename inside it is durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const h = await open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+/** A unique temporary name beside `path`. */
+export function tempPathBeside(path: string): string {
+  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+}
+
+/** Writes `data` to `path` atomically. */
+export async function writeFileAtomic(path: string, data: string | Buffer, mode = 0o644): Promise<void> {
+  const tmp = tempPathBeside(path);
+  const h = await open(tmp, 'wx', mode);
+  try {
+    await h.writeFile(data);
+    await h.sync();
+  } catch (err) {
+    await h.close();
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await h.close();
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncDir(dirname(path));
+}
