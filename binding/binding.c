@@ -267,6 +267,8 @@ static bool parse_spawn_desc(napi_env env, napi_value obj, struct arena *a, stru
   d->ctty = b;
   if (!prop_bool(env, obj, "loopbackUp", &b)) return false;
   d->loopback_up = b;
+  if (!prop_bool(env, obj, "ownMm", &b)) return false;
+  d->own_mm = b;
   if (!parse_caps(env, obj, a, d) || !parse_rlimits(env, obj, a, d) || !parse_seccomp(env, obj, a, d)) return false;
   return true;
 }
@@ -352,9 +354,21 @@ static void wait_on_poll(uv_poll_t *h, int status, int events) {
 }
 
 static napi_value WaitPidfd(napi_env env, napi_callback_info info) {
-  NAPI_ARGS(1);
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_COUNT", "expected a pidfd");
+    return NULL;
+  }
   int32_t pidfd;
+  bool keep_alive = true;
   if (!arg_int32(env, argv[0], &pidfd)) return NULL;
+  if (argc > 1) {
+    napi_valuetype t;
+    NAPI_CALL(env, napi_typeof(env, argv[1], &t));
+    if (t == napi_boolean && !arg_bool(env, argv[1], &keep_alive)) return NULL;
+  }
 
   /* Already exited? Settle without touching the loop. */
   struct exit_status st = {0};
@@ -405,6 +419,8 @@ static napi_value WaitPidfd(napi_env env, napi_callback_info info) {
     uv_close((uv_handle_t *)&req->poll, wait_closed);
     return promise;
   }
+  /* A waiter for a detached process must not keep the event loop alive. */
+  if (!keep_alive) uv_unref((uv_handle_t *)&req->poll);
   napi_add_env_cleanup_hook(env, wait_cleanup_hook, req);
   return promise;
 }

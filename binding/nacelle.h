@@ -86,6 +86,8 @@ struct spawn_desc {
   unsigned short seccomp_len;  /* number of instructions */
   int ctty;                    /* make fd 0 (a tty) the controlling terminal of a new session */
   int loopback_up;             /* bring up "lo" (in a new network namespace) */
+  int own_mm;                  /* never share the parent's mm */
+  int late_cgroup_ns;          /* set by nacelle_spawn: unshare the cgroup ns after cgroup placement */
 };
 
 /* Which step of the spawn failed. Mirrored by SPAWN_STEPS in lib/native.ts. */
@@ -117,6 +119,7 @@ enum spawn_step {
   STEP_CTTY,
   STEP_PIDNS,
   STEP_LOOPBACK,
+  STEP_CGROUP_NS,
 };
 
 struct spawn_failure {

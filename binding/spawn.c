@@ -193,6 +193,10 @@ static int child_main(void *arg) {
   r = RS4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8);
   if (r < 0) child_fail(a, STEP_SIGNALS, r, -1);
 
+  /* A cgroup namespace is rooted where the process is when it is created:
+   * create it only now that the parent has placed us in our cgroups. */
+  if (d->late_cgroup_ns && (r = RS1(SYS_unshare, CLONE_NEWCGROUP)) < 0) child_fail(a, STEP_CGROUP_NS, r, -1);
+
   if (d->detached) {
     r = RS0(SYS_setsid);
     if (r < 0) child_fail(a, STEP_SETSID, r, -1);
@@ -398,8 +402,20 @@ int nacelle_spawn(const struct spawn_desc *d, struct spawn_result *out, struct s
 
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
+  /* CLONE_VM (posix_spawn's trick) avoids copying Node's page tables. The
+   * price: until execve the child shares Node's mm, and an OOM kill in its
+   * memory cgroup during execve would take every process sharing that mm,
+   * Node included. So callers put the child in cgroups *without* a memory
+   * limit and set the limit once the child has exec'd (lib/container), or ask
+   * for own_mm (a full fork: ~6x slower with a large Node heap). */
+  unsigned long vm = d->own_mm ? 0 : CLONE_VM;
+  unsigned long flags = d->clone_flags;
+  if (d->ncgroups > 0 && (flags & CLONE_NEWCGROUP)) {
+    flags &= ~(unsigned long)CLONE_NEWCGROUP;
+    ((struct spawn_desc *)d)->late_cgroup_ns = 1;
+  }
   pid_t pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE,
-                    (int)(CLONE_VM | CLONE_PIDFD | SIGCHLD | d->clone_flags), &args, &pidfd);
+                    (int)(vm | CLONE_PIDFD | SIGCHLD | flags), &args, &pidfd);
   int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
 
@@ -535,6 +551,7 @@ const char *nacelle_spawn_step_syscall(int step, const struct spawn_desc *d, int
     case STEP_CTTY: return "ioctl(TIOCSCTTY)";
     case STEP_PIDNS: return "setns(pid)";
     case STEP_LOOPBACK: return "ioctl(SIOCSIFFLAGS lo)";
+    case STEP_CGROUP_NS: return "unshare(CLONE_NEWCGROUP)";
     default: return "spawn";
   }
 }

@@ -64,6 +64,8 @@ export interface NativeSpawnDescription {
   ctty?: boolean;
   /** Bring up the loopback interface (in a new network namespace). */
   loopbackUp?: boolean;
+  /** Fork a copy of the parent's memory instead of sharing it until exec (CLONE_VM). */
+  ownMm?: boolean;
 }
 
 /** How a reaped process ended, as the kernel reported it. */
@@ -151,8 +153,11 @@ export interface NativeConstants {
 export interface NativeBinding {
   /** Starts a process; resolves once it has exec'd (or rejects with the failing step). */
   spawn(desc: NativeSpawnDescription): Promise<{ pid: number; pidfd: number }>;
-  /** Resolves when the process behind `pidfd` exits, reaping it. Never reaps anything else. */
-  waitPidfd(pidfd: number): Promise<NativeExitStatus>;
+  /**
+   * Resolves when the process behind `pidfd` exits, reaping it. Never reaps
+   * anything else. With `keepAlive` false the wait does not hold the event loop open.
+   */
+  waitPidfd(pidfd: number, keepAlive?: boolean): Promise<NativeExitStatus>;
   /** Reaps the process if it has exited; null while it runs. */
   reapPidfd(pidfd: number): NativeExitStatus | null;
   pidfdOpen(pid: number): number;
@@ -214,6 +219,7 @@ export const SPAWN_STEPS = [
   'ioctl(TIOCSCTTY)',
   'setns(pid)',
   'ioctl(SIOCSIFFLAGS lo)',
+  'unshare(CLONE_NEWCGROUP)',
 ] as const;
 
 /** The directory holding package.json: one level above both lib/ and dist/. */

@@ -3,7 +3,7 @@
  * overlayfs of its image's layers with a private writable layer on top.
  * @module
  */
-import { createWriteStream, type WriteStream, lstatSync } from 'node:fs';
+import { closeSync, createWriteStream, type WriteStream, lstatSync, openSync } from 'node:fs';
 import { type FileHandle, open, readFile, rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -115,6 +115,7 @@ export class Container {
   #stderr = new PassThrough();
   #stdin: Writable | null = null;
   #ttyMaster: number | undefined;
+  #ttyStream: TtyReadStream | undefined;
 
   /** @internal */
   constructor(service: ContainerService, state: ContainerState) {
@@ -203,7 +204,10 @@ export class Container {
     const image = await this.service.images.get(this.#state.image);
     const lowerDirs = [await this.service.initLayer(), ...(await image.lowerDirs())];
     const limits = cgroupLimits(spec);
-    const cgroup = await Cgroup.create(this.id, limits);
+    // Memory limits are set once the process has exec'd: before that it shares
+    // this Node process's memory (see SpawnOptions.cgroupProcs).
+    const { memory, memorySwap, ...early } = limits;
+    const cgroup = await Cgroup.create(this.id, early);
     this.#cgroup = cgroup;
     const proc = spec.process!;
     const detached = this.#state.detached;
@@ -310,6 +314,21 @@ export class Container {
     for (const fd of closeAfter) this.#closeFd(fd);
     await this.#closeDetachedHandles();
     const p = this.#process;
+    if (memory !== undefined || memorySwap !== undefined) {
+      try {
+        await cgroup.update({ ...(memory !== undefined ? { memory } : {}), ...(memorySwap !== undefined ? { memorySwap } : {}) });
+      } catch (err) {
+        // The kernel refused the limit (below what the program already uses, or invalid).
+        p.kill('SIGKILL');
+        await p.wait();
+        await cgroup.destroy().catch(() => undefined);
+        this.#cgroup = undefined;
+        if (this.#ttyMaster !== undefined) this.#closeFd(this.#ttyMaster);
+        this.#ttyMaster = undefined;
+        await this.#update({ status: 'created' });
+        throw err;
+      }
+    }
     const pidStart = await processStartTime(p.pid);
     await this.#update({
       status: 'running',
@@ -320,6 +339,7 @@ export class Container {
     });
     if (tty && this.#ttyMaster !== undefined) {
       const stream = new TtyReadStream(this.#ttyMaster);
+      this.#ttyStream = stream;
       logs = { out: createWriteStream(paths.stdoutLog, { flags: 'a' }), err: createWriteStream(paths.stderrLog, { flags: 'a' }) };
       this.#tee(stream, this.#stdout, logs.out);
       this.#stdin = stream;
@@ -365,6 +385,8 @@ export class Container {
     };
     source.on('end', end);
     source.on('close', end);
+    // A pipe with nothing in it can reach EOF (and emit 'end') before we get here.
+    if (source.readableEnded || source.destroyed) end();
     source.on('error', (err: NodeJS.ErrnoException) => {
       // EIO is how a pty master reports that the last slave fd closed.
       if (err.code !== 'EIO') target.destroy(err);
@@ -377,10 +399,10 @@ export class Container {
     const oomKilled = (await cgroup.oomKilled().catch(() => 0)) > 0;
     await cgroup.destroy().catch(() => undefined);
     this.#cgroup = undefined;
-    if (this.#ttyMaster !== undefined) {
-      this.#closeFd(this.#ttyMaster);
-      this.#ttyMaster = undefined;
-    }
+    // The pty master belongs to its TTY stream, which closes it.
+    this.#ttyStream?.destroy();
+    this.#ttyStream = undefined;
+    this.#ttyMaster = undefined;
     if (logs) {
       await Promise.all([new Promise((r) => logs.out.end(r)), new Promise((r) => logs.err.end(r))]);
     }
@@ -547,9 +569,9 @@ export class Container {
     let pidNs: number | undefined;
     try {
       for (const [kind, file] of order) {
-        if (kinds.includes(kind as never)) fds.push((await open(`/proc/${pid}/ns/${file}`, 'r')).fd);
+        if (kinds.includes(kind as never)) fds.push(openSync(`/proc/${pid}/ns/${file}`, 'r'));
       }
-      pidNs = (await open(`/proc/${pid}/ns/pid`, 'r')).fd;
+      pidNs = openSync(`/proc/${pid}/ns/pid`, 'r');
       if ((await processStartTime(pid)) !== state.pidStart) throw new StateError(`container ${this.id.slice(0, 12)} exited`);
       const env = new Map((proc.env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)] as [string, string]));
       for (const [k, v] of Object.entries(options.env ?? {})) env.set(k, v);
@@ -585,6 +607,9 @@ export class Container {
         noNewPrivs: proc.noNewPrivileges ?? false,
         ...(spec.linux?.seccomp ? { seccomp: compileSeccomp(spec.linux.seccomp) } : {}),
         cgroupProcs: (await this.#cgroupHandle()).procsFiles(),
+        // The container's memory cgroup is already limited: the new process must
+        // not share this Node process's memory while it execs (see spawn's docs).
+        ownMemory: spec.linux?.resources?.memory?.limit !== undefined,
         stdio: pty ? [pty.slave, pty.slave, pty.slave] : [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
         controllingTerminal: Boolean(pty),
       }).finally(() => {
@@ -603,8 +628,8 @@ export class Container {
       }
       return { pid: p.pid, stdin: p.stdin, stdout: p.stdout!, stderr: p.stderr!, wait: () => p.wait(), kill: (s) => p.kill(s) };
     } finally {
-      for (const fd of fds) this.#closeFd(fd);
-      if (pidNs !== undefined) this.#closeFd(pidNs);
+      for (const fd of fds) closeSync(fd);
+      if (pidNs !== undefined) closeSync(pidNs);
     }
   }
 

@@ -5,6 +5,7 @@
  * seccomp profile, and cgroup limits.
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { lstat, readFile } from 'node:fs/promises';
 import { isAbsolute, join, posix } from 'node:path';
 import { InvalidArgumentError, NotFoundError } from '../errors';
@@ -44,10 +45,28 @@ function capName(name: string): string {
   return `CAP_${bare}`;
 }
 
-/** The capability set after Docker's `--cap-add` / `--cap-drop` rules. */
+/** Capabilities this process holds (its permitted set): the most a container can get. */
+export function heldCapabilities(): string[] {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const hex = /^CapPrm:\s+([0-9a-f]+)$/m.exec(status)?.[1] ?? '0';
+  const mask = BigInt(`0x${hex}`);
+  return CAPABILITY_NAMES.filter((_, i) => (mask >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
+}
+
+/**
+ * The capability set after Docker's `--cap-add` / `--cap-drop` rules.
+ * `privileged` and `ALL` mean every capability this process holds (a host
+ * without CAP_SYS_RESOURCE cannot grant it); adding one it lacks is an error.
+ */
 export function containerCapabilities(options: ContainerOptions): string[] {
-  const all = CAPABILITY_NAMES.map((c) => `CAP_${c}`);
+  const held = heldCapabilities();
+  const all = held;
   if (options.privileged) return all;
+  for (const c of (options.capAdd ?? []).map(capName)) {
+    if (c !== 'ALL' && !held.includes(c)) {
+      throw new InvalidArgumentError(`cannot add ${c}: this process does not hold it, so no container it starts can`, { code: 'EPERM' });
+    }
+  }
   const add = (options.capAdd ?? []).map(capName);
   const drop = (options.capDrop ?? []).map(capName);
   let caps = drop.includes('ALL') ? [] : DOCKER_DEFAULT_CAPABILITIES.map((c) => `CAP_${c.replace(/^CAP_/, '')}`);

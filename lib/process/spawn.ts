@@ -166,8 +166,16 @@ export interface SpawnOptions {
   pivotRoot?: string;
   /** Namespace fds (/proc/<pid>/ns/* or pidfds) the child joins first, in order. */
   joinNamespaces?: readonly number[];
-  /** cgroup.procs files the parent writes the child's pid to before it runs. */
+  /**
+   * cgroup.procs files the parent writes the child's pid to before it runs.
+   * Until execve the child shares this process's memory (CLONE_VM), so a
+   * memory cgroup it joins must not have a limit yet: set the limit after
+   * spawn resolves (as containers do), or an OOM kill during execve would kill
+   * this Node process too. Or pass `ownMemory`.
+   */
   cgroupProcs?: readonly string[];
+  /** Give the child its own copy of this process's memory (fork) rather than sharing it until exec. Slower. */
+  ownMemory?: boolean;
   /** Outlive this Node process: no death signal, own session. Default false. */
   detached?: boolean;
   /** Signal the child gets when the spawning thread dies. Default SIGKILL. */
@@ -304,14 +312,18 @@ export class Process {
   /** The child's stderr, when spawned with `'pipe'`. */
   readonly stderr: Readable | null;
   #pidfd: number;
-  #waiting: Promise<ExitStatus> | undefined;
+  #waiting: Promise<ExitStatus>;
   #status: ExitStatus | undefined;
 
   /** @internal */
-  constructor(pid: number, pidfd: number, stdio: [Writable | null, Readable | null, Readable | null]) {
+  constructor(pid: number, pidfd: number, stdio: [Writable | null, Readable | null, Readable | null], keepAlive = true) {
     this.pid = pid;
     this.#pidfd = pidfd;
     [this.stdin, this.stdout, this.stderr] = stdio;
+    // Reap as soon as it exits, whether or not anyone waits: a zombie here
+    // would also hold up the teardown of a pid namespace it was exec'd into.
+    this.#waiting = this.#wait(keepAlive);
+    this.#waiting.catch(() => undefined);
   }
 
   /** The exit status once {@link Process.wait} has seen it, otherwise undefined. */
@@ -322,16 +334,17 @@ export class Process {
   /**
    * Resolves when the process exits, with its code or signal. Waiting goes
    * through the process's pidfd, polled by libuv: no thread blocks, no SIGCHLD
-   * handler is installed, and no other child is reaped.
+   * handler is installed, and no other child is reaped. The process is reaped
+   * when it exits even if nobody calls this; a running non-detached process
+   * keeps the event loop alive, as child_process does.
    */
   wait(): Promise<ExitStatus> {
-    this.#waiting ??= this.#wait();
     return this.#waiting;
   }
 
-  async #wait(): Promise<ExitStatus> {
+  async #wait(keepAlive: boolean): Promise<ExitStatus> {
     try {
-      const r = await native().waitPidfd(this.#pidfd);
+      const r = await native().waitPidfd(this.#pidfd, keepAlive);
       this.#status = {
         exitCode: r.signal ? null : r.exitCode,
         signal: r.signal ? (SIGNAL_NAMES.get(r.signal) ?? (`SIG${r.signal}` as NodeJS.Signals)) : null,
@@ -561,6 +574,7 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       seccomp: options.seccomp ?? null,
       ctty: options.controllingTerminal ?? false,
       loopbackUp: options.loopback ?? Boolean(flags & c.CLONE_NEWNET),
+      ownMm: options.ownMemory ?? false,
     };
 
     let started: { pid: number; pidfd: number };
@@ -579,7 +593,7 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       else streams[i as 1 | 2] = socket;
     }
     parentFds.length = 0;
-    return new Process(started.pid, started.pidfd, streams);
+    return new Process(started.pid, started.pidfd, streams, !(options.detached ?? false));
   } catch (err) {
     for (const fd of [...closeAfterSpawn, ...parentFds.filter((fd) => fd !== undefined)]) {
       try {
