@@ -153,7 +153,9 @@ static long child_run_op(const struct spawn_op *op) {
     case SPAWN_OP_CHMOD:
       return RS3(SYS_fchmodat, AT_FDCWD, op->target, op->mode);
     case SPAWN_OP_CREATE:
-      r = RS4(SYS_openat, AT_FDCWD, op->target, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, op->mode ? op->mode : 0644);
+      /* O_RDONLY: opening an existing file for writing would copy it up into an
+       * overlay's upper dir (and show in the container's diff). */
+      r = RS4(SYS_openat, AT_FDCWD, op->target, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, op->mode ? op->mode : 0644);
       if (r >= 0) {
         (void)RS1(SYS_close, r);
         return 0;

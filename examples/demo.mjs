@@ -1,56 +1,64 @@
-// The nacelle demo: what the foundation does today, measured on this machine.
-// Run with `npm run demo` (as root: namespaces and mounts need it).
-import { readFileSync } from 'node:fs';
-import { spawn, probeKvm } from 'nacelle';
-
-const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
-
-async function capture(options) {
-  const started = process.hrtime.bigint();
-  const p = await spawn({ env, stdio: ['ignore', 'pipe', 'pipe'], ...options });
-  let out = '';
-  let err = '';
-  p.stdout.on('data', (d) => (out += d));
-  p.stderr.on('data', (d) => (err += d));
-  const status = await p.wait();
-  await new Promise((r) => setImmediate(r));
-  const ms = Number(process.hrtime.bigint() - started) / 1e6;
-  return { out: out.trim(), err: err.trim(), status, ms };
-}
+// nacelle demo: containers run by this Node process itself — no daemon.
+// `npm run demo` (as root). Builds a busybox image from the host's busybox-static,
+// then shows isolation, a memory limit, diff and commit.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Runtime, probeKvm, writeBusyboxRootfs } from 'nacelle';
 
 if (process.geteuid() !== 0) {
   console.error('nacelle demo: run as root (namespaces, mounts and cgroups need it).');
   process.exit(1);
 }
+if (!existsSync('/bin/busybox')) {
+  console.log('installing busybox-static from Debian ...');
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'busybox-static'], { stdio: 'inherit' });
+}
 
-const hostName = readFileSync('/proc/sys/kernel/hostname', 'utf8').trim();
-console.log('nacelle: a process in its own namespaces, started by this Node process (no daemon)\n');
+const work = mkdtempSync(join(tmpdir(), 'nacelle-demo-'));
+const rt = await Runtime.open({ root: join(work, 'root') });
+const say = (...a) => console.log(...a);
+const text = async (s) => {
+  let out = '';
+  for await (const c of s) out += c;
+  return out.trim();
+};
+async function run(image, options) {
+  const started = process.hrtime.bigint();
+  const c = await rt.containers.run(image, options);
+  const [stdout, exit] = await Promise.all([text(c.stdout), c.wait()]);
+  return { c, stdout, exit, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+}
 
-const iso = await capture({
-  argv: ['sh', '-c', 'echo "pid=$$ hostname=$(cat /proc/sys/kernel/hostname) uid=$(id -u)"; ls /proc | grep -c "^[0-9]"'],
-  namespaces: ['pid', 'uts', 'mount', 'ipc', 'net', 'cgroup'],
-  hostname: 'demo-box',
-  mounts: [{ kind: 'mount', source: 'proc', target: '/proc', fstype: 'proc', flags: ['nosuid', 'nodev', 'noexec'] }],
-});
-const [line, visible] = iso.out.split('\n');
-console.log(`  inside : ${line}, processes visible: ${visible}`);
-console.log(`  outside: pid=${process.pid} hostname=${hostName}, processes visible: ${readFileSync('/proc/loadavg', 'utf8').split(' ')[3]?.split('/')[1]}`);
-console.log(`  spawn + exec + exit in 6 new namespaces: ${iso.ms.toFixed(1)} ms\n`);
+try {
+  writeBusyboxRootfs(join(work, 'rootfs'));
+  const img = await rt.images.fromDirectory(join(work, 'rootfs'), { tag: 'busybox:demo', config: { Cmd: ['sh'], Env: ['PATH=/bin'] } });
+  say(`image   busybox:demo  ${img.digest.slice(0, 19)}…  ${(img.size / 1e6).toFixed(1)} MB, ${img.layers.length} layer`);
 
-const user = await capture({
-  argv: ['sh', '-c', 'echo "uid inside=$(id -u)"; cat /proc/self/uid_map'],
-  namespaces: ['user', 'pid', 'mount'],
-  uidMap: [{ containerId: 0, hostId: 100000, size: 65536 }],
-  gidMap: [{ containerId: 0, hostId: 100000, size: 65536 }],
-});
-console.log(`  user namespace: ${user.out.replace(/\s+/g, ' ')} (root inside is uid 100000 outside)\n`);
+  const iso = await run(img, { cmd: ['sh', '-c', 'echo "$$ $(hostname) $(ls /proc | grep -c "^[0-9]")"'], hostname: 'demo-box' });
+  const [pid, host, procs] = iso.stdout.split(' ');
+  say(`\n1. isolation (started, ran and exited in ${iso.ms.toFixed(0)} ms)`);
+  say(`   inside:  pid ${pid}, hostname ${host}, ${procs} processes visible`);
+  say(`   outside: pid ${process.pid}, hostname ${readFileSync('/proc/sys/kernel/hostname', 'utf8').trim()}, ${execFileSync('sh', ['-c', 'ls /proc | grep -c "^[0-9]"'], { encoding: 'utf8' }).trim()} processes`);
 
-const failed = await spawn({ argv: ['/no/such/program'], env }).catch((e) => e);
-console.log(`  errors name the step and errno: ${failed.name} code=${failed.code} step=${failed.step} path=${failed.path}\n`);
+  const oom = await run(img, { cmd: ['tail', '/dev/zero'], memory: '32m' });
+  say('\n2. a memory limit, enforced by the kernel (cgroup, 32 MiB; the command reads forever into memory)');
+  say(`   exit code ${oom.exit.exitCode}, signal ${oom.exit.signal}, oomKilled: ${oom.exit.oomKilled}`);
 
-const kvm = probeKvm();
-console.log(
-  kvm.available
-    ? `  KVM: /dev/kvm API ${kvm.apiVersion}, up to ${kvm.maxVcpus} vCPUs, ${kvm.hardware ? 'hardware virtualization' : 'no VT-x/AMD-V (PVM or emulation)'}`
-    : `  KVM: not usable here (${kvm.reason}); modules: ${Object.entries(kvm.modules).filter(([, v]) => v).map(([k]) => k).join(', ') || 'none'}`,
-);
+  const changer = await run(img, { cmd: ['sh', '-c', 'echo "hello from a container" > /etc/motd; rm /bin/vi'] });
+  const changes = await changer.c.diff();
+  say('\n3. a container changed its filesystem; diff reports it (like `docker diff`)');
+  for (const ch of changes) say(`   ${ch.kind} ${ch.path}`);
+
+  const committed = await changer.c.commit({ tag: 'busybox:motd', message: 'add a motd' });
+  const next = await run('busybox:motd', { cmd: ['cat', '/etc/motd'] });
+  say(`\n4. commit → busybox:motd (${committed.layers.length} layers, the base layer shared); a new container sees:`);
+  say(`   "${next.stdout}"`);
+
+  const kvm = probeKvm();
+  say(`\nKVM here: ${kvm.available ? `/dev/kvm API ${kvm.apiVersion}` : `not usable (${kvm.errorCode})`}; virtual machines are a later issue.`);
+} finally {
+  for (const c of await rt.containers.list({ all: true })) await c.remove({ force: true });
+  rmSync(work, { recursive: true, force: true });
+}
