@@ -283,6 +283,19 @@ static int child_main(void *arg) {
     if (d->set_uid && (r = RS2(SYS_prctl, PR_SET_KEEPCAPS, 1)) < 0) child_fail(a, STEP_CAPS, r, -1);
   }
 
+  /* Hand stdio to the user the process will run as, so it can reopen
+   * /dev/stdout and friends (runc and crun do the same). /dev/null and
+   * other devices stay as they are. */
+  if (d->set_uid && d->uid != 0) {
+    for (int fd = 0; fd < 3; fd++) {
+      struct stat st;
+      if (RS4(SYS_newfstatat, fd, "", &st, AT_EMPTY_PATH) < 0) continue;
+      if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) continue;
+      r = RS3(SYS_fchown, fd, d->uid, d->set_gid ? d->gid : (gid_t)-1);
+      if (r < 0) child_fail(a, STEP_STDIO, r, fd);
+    }
+  }
+
   if (d->set_groups) {
     r = RS2(SYS_setgroups, d->ngroups, d->groups);
     if (r < 0) child_fail(a, STEP_SETGROUPS, r, -1);

@@ -4,7 +4,7 @@
  * @module
  */
 import { closeSync, createWriteStream, type WriteStream, lstatSync, openSync } from 'node:fs';
-import { type FileHandle, open, readFile, rm } from 'node:fs/promises';
+import { type FileHandle, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -188,9 +188,12 @@ export class Container {
   }
 
   async #update(change: Partial<ContainerState>): Promise<void> {
-    const current = await readState(this.dir).catch(() => this.#state);
-    this.#state = { ...current, ...change };
-    await writeState(this.dir, this.#state);
+    const current = await readState(this.dir).catch(() => undefined);
+    this.#state = { ...(current ?? this.#state), ...change };
+    if (!current) return; // removed meanwhile (by another handle or process): nothing to record
+    await writeState(this.dir, this.#state).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
   }
 
   /** Starts the container's process. */
@@ -209,6 +212,13 @@ export class Container {
     const { memory, memorySwap, ...early } = limits;
     const cgroup = await Cgroup.create(this.id, early);
     this.#cgroup = cgroup;
+    try {
+      await restrictDevices(cgroup, spec);
+    } catch (err) {
+      await cgroup.destroy().catch(() => undefined);
+      this.#cgroup = undefined;
+      throw err;
+    }
     const proc = spec.process!;
     const detached = this.#state.detached;
     const tty = proc.terminal ?? false;
@@ -224,6 +234,7 @@ export class Container {
       } else if (detached) {
         const out = await open(paths.stdoutLog, 'a');
         const err = await open(paths.stderrLog, 'a');
+        // (the child hands fds 0-2 to the container user before exec)
         stdio = ['ignore', out.fd, err.fd];
         this.#detachedHandles = [out, err];
       } else {
@@ -420,13 +431,22 @@ export class Container {
   async wait(options: { timeoutMs?: number } = {}): Promise<ContainerExit> {
     const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
     if (this.#exit) {
-      if (deadline === Infinity) return this.#exit;
-      return Promise.race([
-        this.#exit,
-        new Promise<never>((_, reject) =>
-          setTimeout(() => reject(new TimeoutError(`container ${this.id.slice(0, 12)} still running after ${options.timeoutMs} ms`)), options.timeoutMs).unref(),
-        ),
-      ]);
+      // A detached container's waiter does not hold the event loop open; a
+      // caller awaiting its end does.
+      const keepAlive = setInterval(() => undefined, 1 << 30);
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        if (deadline === Infinity) return await this.#exit;
+        return await Promise.race([
+          this.#exit,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new TimeoutError(`container ${this.id.slice(0, 12)} still running after ${options.timeoutMs} ms`)), options.timeoutMs);
+          }),
+        ]);
+      } finally {
+        clearInterval(keepAlive);
+        if (timer) clearTimeout(timer);
+      }
     }
     for (;;) {
       const state = await this.refresh();
@@ -679,9 +699,39 @@ export class Container {
     }
     const cg = await Cgroup.open(this.id).catch(() => undefined);
     await cg?.destroy().catch(() => undefined);
-    await rm(this.dir, { recursive: true, force: true });
+    // Another handle may be writing its last state update: retry ENOTEMPTY.
+    await rm(this.dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
   }
 }
+
+/**
+ * Docker's device policy through the v1 devices controller: nothing but the
+ * default devices may be opened (mknod stays allowed, as with CAP_MKNOD in
+ * Docker, but the node cannot be used). Privileged containers keep access.
+ * On cgroup v2 the same needs a BPF program: not done yet.
+ */
+async function restrictDevices(cgroup: Cgroup, spec: RuntimeSpec): Promise<void> {
+  const dir = cgroup.paths.get('devices');
+  if (!dir || !spec.linux?.maskedPaths?.length) return; // privileged: no masked paths, full access
+  await writeFile(join(dir, 'devices.deny'), 'a');
+  for (const rule of DEFAULT_DEVICE_RULES) await writeFile(join(dir, 'devices.allow'), rule);
+}
+
+/** The device cgroup rules Docker allows by default. */
+export const DEFAULT_DEVICE_RULES = [
+  'c *:* m',
+  'b *:* m',
+  'c 1:3 rwm', // null
+  'c 1:5 rwm', // zero
+  'c 1:7 rwm', // full
+  'c 1:8 rwm', // random
+  'c 1:9 rwm', // urandom
+  'c 5:0 rwm', // tty
+  'c 5:1 rwm', // console
+  'c 5:2 rwm', // ptmx
+  'c 136:* rwm', // pts
+  'c 10:200 rwm', // tun
+];
 
 function cgroupLimits(spec: RuntimeSpec): CgroupLimits {
   const r = spec.linux?.resources ?? {};

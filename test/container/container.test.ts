@@ -141,6 +141,14 @@ describeRoot('containers', () => {
       expect(ro.stdout.trim().split('\n')).toEqual(['1', '1']);
     });
 
+    it('may create device nodes (CAP_MKNOD) but not open them, unless privileged (devices cgroup)', async () => {
+      const script = 'mknod /tmp/kmsg c 1 11 && (head -c 1 /tmp/kmsg > /dev/null) 2>&1 | grep -c "Operation not permitted"; head -c 1 /dev/zero | wc -c';
+      const r = await run(script);
+      expect(r.stdout).toBe('1\n1\n'); // kmsg refused, /dev/zero (a default device) fine
+      const priv = await run(script, { privileged: true });
+      expect(priv.stdout).toBe('0\n1\n');
+    });
+
     it('roots its cgroup namespace at its own cgroup', async () => {
       const r = await run('cat /proc/self/cgroup');
       const lines = r.stdout.trim().split('\n');
