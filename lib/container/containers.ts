@@ -112,8 +112,8 @@ export class ContainerService {
         await writeFile(paths.hosts, hostsFile(hostname, network));
         await writeFile(paths.hostname, `${hostname}\n`);
         await writeFile(paths.resolvConf, await resolvConf(network));
-        await writeFileAtomic(paths.config, JSON.stringify(spec, null, 2));
-        await writeFileAtomic(paths.state, JSON.stringify(state, null, 2));
+        await writeFileAtomic(paths.config, JSON.stringify(spec, null, 2), 0o644, false);
+        await writeFileAtomic(paths.state, JSON.stringify(state, null, 2), 0o644, false);
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
         throw err;

@@ -76,9 +76,12 @@ export async function readState(dir: string): Promise<ContainerState> {
   return JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as ContainerState;
 }
 
-/** Writes a state file atomically. */
+/**
+ * Writes a state file atomically. Not fsync'd (as runc and crun do not): after
+ * a crash the process table, not the file, says whether a container runs.
+ */
 export async function writeState(dir: string, state: ContainerState): Promise<void> {
-  await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state, null, 2));
+  await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state, null, 2), 0o644, false);
 }
 
 /** The start time of a pid (field 22 of /proc/<pid>/stat), or undefined when it is gone. */

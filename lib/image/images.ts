@@ -73,10 +73,22 @@ export class ImageService {
     this.snapshots = snapshots;
   }
 
-  /** Loads an image by manifest digest. @internal */
-  async load(digest: Digest, tags?: readonly string[]): Promise<Image> {
+  /** Manifests and configs already read and verified, by manifest digest: content never changes. */
+  readonly #parsed = new Map<Digest, { manifest: ImageManifest; config: ImageConfig }>();
+
+  async #parse(digest: Digest): Promise<{ manifest: ImageManifest; config: ImageConfig }> {
+    const cached = this.#parsed.get(digest);
+    if (cached) return cached;
     const manifest = parseManifest(await this.store.readJson(digest));
     const config = parseImageConfig(await this.store.readJson(manifest.config.digest));
+    if (this.#parsed.size > 256) this.#parsed.clear();
+    this.#parsed.set(digest, { manifest, config });
+    return { manifest, config };
+  }
+
+  /** Loads an image by manifest digest. @internal */
+  async load(digest: Digest, tags?: readonly string[]): Promise<Image> {
+    const { manifest, config } = await this.#parse(digest);
     if (config.rootfs.diff_ids.length !== manifest.layers.length) {
       throw new NotFoundError(
         `image ${digest}: config lists ${config.rootfs.diff_ids.length} diff_ids for ${manifest.layers.length} layers`,

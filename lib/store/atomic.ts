@@ -24,13 +24,17 @@ export function tempPathBeside(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
 }
 
-/** Writes `data` to `path` atomically. */
-export async function writeFileAtomic(path: string, data: string | Buffer, mode = 0o644): Promise<void> {
+/**
+ * Writes `data` to `path` atomically (readers see the old or the new
+ * content). With `durable` (the default) the data and the rename are fsync'd
+ * too, so they survive a crash; state that can be rebuilt skips that cost.
+ */
+export async function writeFileAtomic(path: string, data: string | Buffer, mode = 0o644, durable = true): Promise<void> {
   const tmp = tempPathBeside(path);
   const h = await open(tmp, 'wx', mode);
   try {
     await h.writeFile(data);
-    await h.sync();
+    if (durable) await h.sync();
   } catch (err) {
     await h.close();
     await rm(tmp, { force: true });
@@ -43,5 +47,5 @@ export async function writeFileAtomic(path: string, data: string | Buffer, mode 
     await rm(tmp, { force: true });
     throw err;
   }
-  await fsyncDir(dirname(path));
+  if (durable) await fsyncDir(dirname(path));
 }
