@@ -36,16 +36,26 @@ describeRoot('containers', () => {
     rt = await Runtime.open({ root: join(dir, 'root') });
     img = await busyboxImage(rt, dir);
   });
+  const seen = new Set<string>(); // every container this suite made, for the final leak check
   afterEach(async () => {
-    for (const c of await rt.containers.list({ all: true })) await c.remove({ force: true });
+    for (const c of await rt.containers.list({ all: true })) {
+      seen.add(c.id);
+      await c.remove({ force: true });
+    }
   });
   afterAll(async () => {
     // The suite itself checks it left nothing: no container mounts, no cgroups, no processes.
-    expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(join(dir, 'root'));
-    expect((await listCgroups()).filter((id) => /^[0-9a-f]{64}$/.test(id))).toEqual([]);
-    const leftovers = spawnSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes('nacelle-ctr-marker'));
-    expect(leftovers).toEqual([]);
-    removeTempDir(dir);
+    try {
+      expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(join(dir, 'root'));
+      const ours = new Set(readdirSync(join(dir, 'root', 'containers')).filter((n) => /^[0-9a-f]{64}$/.test(n)));
+      expect(ours.size).toBe(0);
+      expect(seen.size).toBeGreaterThan(10);
+      expect((await listCgroups()).filter((id) => seen.has(id))).toEqual([]);
+      const leftovers = spawnSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.includes('nacelle-ctr-marker'));
+      expect(leftovers).toEqual([]);
+    } finally {
+      removeTempDir(dir);
+    }
   });
 
   async function run(cmd: string, options: Parameters<Runtime['containers']['run']>[1] = {}) {
