@@ -40,6 +40,7 @@ static void spawn_complete(napi_env env, napi_status status, void *data) {
     napi_create_object(env, &result);
     set_int32(env, result, "pid", job->result.pid);
     set_int32(env, result, "pidfd", job->result.pidfd);
+    set_int32(env, result, "ptyMaster", job->result.pty_master);
     napi_resolve_deferred(env, job->deferred, result);
   } else {
     const char *path = NULL;
@@ -269,6 +270,12 @@ static bool parse_spawn_desc(napi_env env, napi_value obj, struct arena *a, stru
   d->loopback_up = b;
   if (!prop_bool(env, obj, "ownMm", &b)) return false;
   d->own_mm = b;
+  if (!prop_bool(env, obj, "pty", &b)) return false;
+  d->pty = b;
+  if (!prop_int32(env, obj, "ptyCols", 80, &i32)) return false;
+  d->pty_cols = (unsigned short)i32;
+  if (!prop_int32(env, obj, "ptyRows", 24, &i32)) return false;
+  d->pty_rows = (unsigned short)i32;
   if (!parse_caps(env, obj, a, d) || !parse_rlimits(env, obj, a, d) || !parse_seccomp(env, obj, a, d)) return false;
   return true;
 }

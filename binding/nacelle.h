@@ -88,6 +88,8 @@ struct spawn_desc {
   int loopback_up;             /* bring up "lo" (in a new network namespace) */
   int own_mm;                  /* never share the parent's mm */
   int late_cgroup_ns;          /* set by nacelle_spawn: unshare the cgroup ns after cgroup placement */
+  int pty;                     /* after pivot_root, allocate a pty in the container's /dev/pts as stdio */
+  unsigned short pty_cols, pty_rows;
 };
 
 /* Which step of the spawn failed. Mirrored by SPAWN_STEPS in lib/native.ts. */
@@ -120,6 +122,7 @@ enum spawn_step {
   STEP_PIDNS,
   STEP_LOOPBACK,
   STEP_CGROUP_NS,
+  STEP_PTY,
 };
 
 struct spawn_failure {
@@ -131,6 +134,7 @@ struct spawn_failure {
 struct spawn_result {
   pid_t pid;
   int pidfd;
+  int pty_master; /* the master of the pty made in the child (spawn_desc.pty), else -1 */
 };
 
 /* Start the process. On failure returns -errno and fills *fail; no child is left behind. */

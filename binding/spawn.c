@@ -30,6 +30,8 @@
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <termios.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -66,6 +68,7 @@ struct child_args {
   const struct spawn_desc *desc;
   int sync_r;
   int err_w;
+  int pty_sock; /* where the child sends its pty master (SCM_RIGHTS) */
   pid_t parent;
 };
 
@@ -296,6 +299,50 @@ static int child_main(void *arg) {
     }
   }
 
+  if (d->pty) {
+    /* A terminal from the container's own devpts (so ttyname() works inside),
+     * as stdio; its master goes to the parent over a socket (SCM_RIGHTS). */
+    long m = RS4(SYS_openat, AT_FDCWD, "/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC, 0);
+    if (m < 0) child_fail(a, STEP_PTY, m, -1);
+    int unlock = 0;
+    unsigned int n = 0;
+    if ((r = RS3(SYS_ioctl, m, TIOCSPTLCK, &unlock)) < 0) child_fail(a, STEP_PTY, r, -1);
+    if ((r = RS3(SYS_ioctl, m, TIOCGPTN, &n)) < 0) child_fail(a, STEP_PTY, r, -1);
+    struct winsize ws = {.ws_row = d->pty_rows, .ws_col = d->pty_cols};
+    if ((r = RS3(SYS_ioctl, m, TIOCSWINSZ, &ws)) < 0) child_fail(a, STEP_PTY, r, -1);
+    char path[32] = "/dev/pts/";
+    char digits[12];
+    int nd = 0;
+    do {
+      digits[nd++] = (char)('0' + n % 10);
+      n /= 10;
+    } while (n && nd < 11);
+    int at = 9;
+    while (nd > 0) path[at++] = digits[--nd];
+    path[at] = 0;
+    long sl = RS4(SYS_openat, AT_FDCWD, path, O_RDWR | O_NOCTTY | O_CLOEXEC, 0);
+    if (sl < 0) child_fail(a, STEP_PTY, sl, -1);
+    if (d->set_uid && (r = RS3(SYS_fchown, sl, d->uid, d->set_gid ? d->gid : (gid_t)-1)) < 0) child_fail(a, STEP_PTY, r, -1);
+    for (int fd = 0; fd < 3; fd++) {
+      if ((r = RS3(SYS_dup3, sl, fd, 0)) < 0) child_fail(a, STEP_PTY, r, fd);
+    }
+    char control[CMSG_SPACE(sizeof(int))];
+    for (size_t i = 0; i < sizeof control; i++) control[i] = 0;
+    char byte = 'p';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    int mfd = (int)m;
+    char *data = (char *)CMSG_DATA(cm);
+    for (size_t i = 0; i < sizeof mfd; i++) data[i] = ((char *)&mfd)[i];
+    if ((r = RS3(SYS_sendmsg, a->pty_sock, &msg, 0)) < 0) child_fail(a, STEP_PTY, r, -1);
+    (void)RS1(SYS_close, m);
+    (void)RS1(SYS_close, sl);
+  }
+
   if (d->set_groups) {
     r = RS2(SYS_setgroups, d->ngroups, d->groups);
     if (r < 0) child_fail(a, STEP_SETGROUPS, r, -1);
@@ -369,6 +416,24 @@ static int write_proc_file(pid_t pid, const char *name, const char *data) {
   return write_file(path, data);
 }
 
+/* The fd the child sent with SCM_RIGHTS, or -errno. */
+static int receive_fd(int sock) {
+  char byte;
+  char control[CMSG_SPACE(sizeof(int))];
+  struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  ssize_t n;
+  do {
+    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+  if (!cm || cm->cmsg_type != SCM_RIGHTS) return -EPROTO;
+  int fd;
+  memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+  return fd;
+}
+
 static void reap_failed_child(pid_t pid, int pidfd) {
   siginfo_t si;
   syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
@@ -378,7 +443,8 @@ static void reap_failed_child(pid_t pid, int pidfd) {
 }
 
 int nacelle_spawn(const struct spawn_desc *d, struct spawn_result *out, struct spawn_failure *fail) {
-  int sync_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+  int sync_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, pty_sock[2] = {-1, -1};
+  out->pty_master = -1;
   int pidfd = -1, err = 0;
   void *stack = MAP_FAILED;
   sigset_t all, old;
@@ -399,7 +465,12 @@ int nacelle_spawn(const struct spawn_desc *d, struct spawn_result *out, struct s
     goto out;
   }
 
-  struct child_args args = {.desc = d, .sync_r = sync_pipe[0], .err_w = err_pipe[1], .parent = getpid()};
+  if (d->pty && socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, pty_sock) < 0) {
+    err = -errno;
+    fail->step = STEP_PTY;
+    goto out;
+  }
+  struct child_args args = {.desc = d, .sync_r = sync_pipe[0], .err_w = err_pipe[1], .pty_sock = pty_sock[1], .parent = getpid()};
 
   /* Exec into a container: this pool thread enters the container's pid
    * namespace for its children only (setns(CLONE_NEWPID) changes
@@ -497,6 +568,15 @@ int nacelle_spawn(const struct spawn_desc *d, struct spawn_result *out, struct s
   if (got == 0) { /* EOF: execve closed the O_CLOEXEC pipe */
     out->pid = pid;
     out->pidfd = pidfd;
+    if (d->pty) out->pty_master = receive_fd(pty_sock[0]);
+    if (d->pty && out->pty_master < 0) { /* cannot happen unless the kernel dropped the message */
+      err = out->pty_master;
+      fail->step = STEP_PTY;
+      out->pty_master = -1;
+      reap_failed_child(pid, pidfd);
+      pidfd = -1;
+      goto out;
+    }
     pidfd = -1;
     err = 0;
     goto out;
@@ -517,6 +597,8 @@ out:
   if (sync_pipe[1] >= 0) close(sync_pipe[1]);
   if (err_pipe[0] >= 0) close(err_pipe[0]);
   if (err_pipe[1] >= 0) close(err_pipe[1]);
+  if (pty_sock[0] >= 0) close(pty_sock[0]);
+  if (pty_sock[1] >= 0) close(pty_sock[1]);
   if (stack != MAP_FAILED) munmap(stack, CHILD_STACK_SIZE);
   return err;
 }
@@ -567,6 +649,7 @@ const char *nacelle_spawn_step_syscall(int step, const struct spawn_desc *d, int
     case STEP_PIDNS: return "setns(pid)";
     case STEP_LOOPBACK: return "ioctl(SIOCSIFFLAGS lo)";
     case STEP_CGROUP_NS: return "unshare(CLONE_NEWCGROUP)";
+    case STEP_PTY: return "open /dev/pts/ptmx";
     default: return "spawn";
   }
 }

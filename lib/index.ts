@@ -29,6 +29,7 @@ export type {
   SpawnFileOp,
   ProcessUser,
   CapabilitySets,
+  TerminalSize,
   ResourceLimit,
   StdioOption,
   IdMapping,

@@ -66,6 +66,12 @@ export interface NativeSpawnDescription {
   loopbackUp?: boolean;
   /** Fork a copy of the parent's memory instead of sharing it until exec (CLONE_VM). */
   ownMm?: boolean;
+  /** After pivot_root, open a pty in the new root's /dev/pts as stdio; its master comes back. */
+  pty?: boolean;
+  /** Terminal width for `pty`. */
+  ptyCols?: number;
+  /** Terminal height for `pty`. */
+  ptyRows?: number;
 }
 
 /** How a reaped process ended, as the kernel reported it. */
@@ -152,7 +158,7 @@ export interface NativeConstants {
 /** Every function the addon exports. Errors carry `code` (errno name), `errno`, `syscall`, `path`. */
 export interface NativeBinding {
   /** Starts a process; resolves once it has exec'd (or rejects with the failing step). */
-  spawn(desc: NativeSpawnDescription): Promise<{ pid: number; pidfd: number }>;
+  spawn(desc: NativeSpawnDescription): Promise<{ pid: number; pidfd: number; ptyMaster: number }>;
   /**
    * Resolves when the process behind `pidfd` exits, reaping it. Never reaps
    * anything else. With `keepAlive` false the wait does not hold the event loop open.
@@ -220,6 +226,7 @@ export const SPAWN_STEPS = [
   'setns(pid)',
   'ioctl(SIOCSIFFLAGS lo)',
   'unshare(CLONE_NEWCGROUP)',
+  'open /dev/pts/ptmx',
 ] as const;
 
 /** The directory holding package.json: one level above both lib/ and dist/. */

@@ -227,10 +227,7 @@ export class Container {
     let logs: { out: WriteStream; err: WriteStream } | undefined;
     try {
       if (tty) {
-        const pty = native().openPty(proc.consoleSize?.width ?? 80, proc.consoleSize?.height ?? 24);
-        this.#ttyMaster = pty.master;
-        closeAfter.push(pty.slave);
-        stdio = [pty.slave, pty.slave, pty.slave];
+        stdio = ['ignore', 'ignore', 'ignore']; // the child opens a pty in its own /dev/pts
       } else if (detached) {
         const out = await open(paths.stdoutLog, 'a');
         const err = await open(paths.stderrLog, 'a');
@@ -297,8 +294,10 @@ export class Container {
         cgroupProcs: cgroup.procsFiles(),
         detached,
         stdio,
+        ...(tty ? { terminal: { cols: proc.consoleSize?.width ?? 80, rows: proc.consoleSize?.height ?? 24 } } : {}),
         controllingTerminal: tty,
       });
+      if (tty) this.#ttyMaster = this.#process.terminalFd ?? undefined;
     } catch (err) {
       for (const fd of closeAfter) this.#closeFd(fd);
       await this.#closeDetachedHandles();

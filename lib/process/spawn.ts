@@ -176,6 +176,12 @@ export interface SpawnOptions {
   cgroupProcs?: readonly string[];
   /** Give the child its own copy of this process's memory (fork) rather than sharing it until exec. Slower. */
   ownMemory?: boolean;
+  /**
+   * Give the child a terminal allocated in its own root's /dev/pts (after
+   * pivot_root, so `tty` inside names it) as stdin, stdout and stderr; the
+   * master is {@link Process.terminalFd}. Replaces `stdio`.
+   */
+  terminal?: TerminalSize;
   /** Outlive this Node process: no death signal, own session. Default false. */
   detached?: boolean;
   /** Signal the child gets when the spawning thread dies. Default SIGKILL. */
@@ -276,6 +282,14 @@ export interface ResourceLimit {
   hard: number;
 }
 
+/** A terminal's size in characters. */
+export interface TerminalSize {
+  /** Columns. */
+  cols: number;
+  /** Rows. */
+  rows: number;
+}
+
 /** How a process ended. Exactly one of `exitCode` and `signal` is non-null. */
 export interface ExitStatus {
   /** The exit code, or null when a signal ended it. */
@@ -311,13 +325,22 @@ export class Process {
   readonly stdout: Readable | null;
   /** The child's stderr, when spawned with `'pipe'`. */
   readonly stderr: Readable | null;
+  /** The master side of the child's terminal (`terminal` option), owned by the caller; else null. */
+  readonly terminalFd: number | null;
   #pidfd: number;
   #waiting: Promise<ExitStatus>;
   #status: ExitStatus | undefined;
 
   /** @internal */
-  constructor(pid: number, pidfd: number, stdio: [Writable | null, Readable | null, Readable | null], keepAlive = true) {
+  constructor(
+    pid: number,
+    pidfd: number,
+    stdio: [Writable | null, Readable | null, Readable | null],
+    keepAlive = true,
+    terminalFd: number | null = null,
+  ) {
     this.pid = pid;
+    this.terminalFd = terminalFd;
     this.#pidfd = pidfd;
     [this.stdin, this.stdout, this.stderr] = stdio;
     // Reap as soon as it exits, whether or not anyone waits: a zombie here
@@ -527,7 +550,10 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
   // Drop the caller's supplementary groups whenever ids change, unless setgroups(2) is denied.
   const groups = user && setgroups !== 'deny' ? [...(user.groups ?? [])] : null;
 
-  const stdioOptions = options.stdio ?? ['ignore', 'pipe', 'pipe'];
+  const stdioOptions = options.terminal ? (['ignore', 'ignore', 'ignore'] as const) : (options.stdio ?? ['ignore', 'pipe', 'pipe']);
+  if (options.terminal && options.pivotRoot === undefined) {
+    throw new InvalidArgumentError('terminal needs pivotRoot into a root with devpts mounted at /dev/pts');
+  }
   const childFds: [number, number, number] = [-1, -1, -1];
   const parentFds: number[] = [];
   const closeAfterSpawn: number[] = [];
@@ -575,9 +601,12 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       ctty: options.controllingTerminal ?? false,
       loopbackUp: options.loopback ?? Boolean(flags & c.CLONE_NEWNET),
       ownMm: options.ownMemory ?? false,
+      pty: options.terminal !== undefined,
+      ptyCols: options.terminal?.cols ?? 80,
+      ptyRows: options.terminal?.rows ?? 24,
     };
 
-    let started: { pid: number; pidfd: number };
+    let started: { pid: number; pidfd: number; ptyMaster: number };
     try {
       started = await native().spawn(desc);
     } catch (err) {
@@ -593,7 +622,7 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       else streams[i as 1 | 2] = socket;
     }
     parentFds.length = 0;
-    return new Process(started.pid, started.pidfd, streams, !(options.detached ?? false));
+    return new Process(started.pid, started.pidfd, streams, !(options.detached ?? false), started.ptyMaster >= 0 ? started.ptyMaster : null);
   } catch (err) {
     for (const fd of [...closeAfterSpawn, ...parentFds.filter((fd) => fd !== undefined)]) {
       try {

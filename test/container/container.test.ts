@@ -290,11 +290,12 @@ describeRoot('containers', () => {
     });
 
     it('allocates a terminal with tty: true, and resizes it', async () => {
-      const c = await rt.containers.run(img, { cmd: ['sh', '-c', '[ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; sleep 0.3; stty size'], tty: true });
+      const c = await rt.containers.run(img, { cmd: ['sh', '-c', '[ -t 0 ] && [ -t 1 ] && echo is-a-tty; tty; stty size; sleep 0.3; stty size'], tty: true, user: 'app' });
       await new Promise((r) => setTimeout(r, 100));
       c.resize(100, 40);
       const [out, exit] = await Promise.all([text(c.stdout), c.wait()]);
       expect(out).toContain('is-a-tty');
+      expect(out).toMatch(/^\/dev\/pts\/0\r?$/m); // a terminal of the container's own devpts, as in Docker
       expect(out).toMatch(/24 80/);
       expect(out).toMatch(/40 100/);
       expect(exit.exitCode).toBe(0);
