@@ -237,7 +237,6 @@ export class Container {
       } else {
         stdio = [this.service.keepStdin(this.id) ? 'pipe' : 'ignore', 'pipe', 'pipe'];
       }
-      const caps = proc.capabilities;
       const userns = spec.linux?.namespaces?.some((n) => n.type === 'user') ?? false;
       const ops = rootfsOperations(
         spec,
@@ -277,20 +276,8 @@ export class Container {
               gidMap: (spec.linux?.gidMappings ?? []).map((m) => ({ containerId: m.containerID, hostId: m.hostID, size: m.size })),
             }
           : {}),
-        ...(caps
-          ? {
-              capabilities: {
-                bounding: caps.bounding ?? [],
-                effective: caps.effective ?? [],
-                permitted: caps.permitted ?? [],
-                inheritable: caps.inheritable ?? [],
-                ambient: caps.ambient ?? [],
-              },
-            }
-          : {}),
+        ...securityOf(spec),
         rlimits: (proc.rlimits ?? []).map((r) => ({ type: r.type, soft: r.soft, hard: r.hard })),
-        noNewPrivs: proc.noNewPrivileges ?? false,
-        ...(spec.linux?.seccomp ? { seccomp: compileSeccomp(spec.linux.seccomp) } : {}),
         cgroupProcs: cgroup.procsFiles(),
         detached,
         stdio,
@@ -602,7 +589,6 @@ export class Container {
         }
         user = { uid: Number(u), gid: g === undefined ? Number(u) : Number(g), groups: [] };
       }
-      const caps = proc.capabilities;
       let pty: { master: number; slave: number } | undefined;
       if (options.tty) pty = native().openPty(80, 24);
       const p = await spawn({
@@ -612,19 +598,7 @@ export class Container {
         joinNamespaces: fds,
         joinPidNamespace: pidNs,
         user,
-        ...(caps
-          ? {
-              capabilities: {
-                bounding: caps.bounding ?? [],
-                effective: caps.effective ?? [],
-                permitted: caps.permitted ?? [],
-                inheritable: caps.inheritable ?? [],
-                ambient: caps.ambient ?? [],
-              },
-            }
-          : {}),
-        noNewPrivs: proc.noNewPrivileges ?? false,
-        ...(spec.linux?.seccomp ? { seccomp: compileSeccomp(spec.linux.seccomp) } : {}),
+        ...securityOf(spec),
         cgroupProcs: (await this.#cgroupHandle()).procsFiles(),
         // The container's memory cgroup is already limited: the new process must
         // not share this Node process's memory while it execs (see spawn's docs).
@@ -731,6 +705,27 @@ export const DEFAULT_DEVICE_RULES = [
   'c 136:* rwm', // pts
   'c 10:200 rwm', // tun
 ];
+
+/** What the spec says about privileges, as spawn options: the container's and every exec's. */
+function securityOf(spec: RuntimeSpec): Pick<SpawnOptions, 'capabilities' | 'noNewPrivs' | 'seccomp'> {
+  const proc = spec.process;
+  const caps = proc?.capabilities;
+  return {
+    ...(caps
+      ? {
+          capabilities: {
+            bounding: caps.bounding ?? [],
+            effective: caps.effective ?? [],
+            permitted: caps.permitted ?? [],
+            inheritable: caps.inheritable ?? [],
+            ambient: caps.ambient ?? [],
+          },
+        }
+      : {}),
+    noNewPrivs: proc?.noNewPrivileges ?? false,
+    ...(spec.linux?.seccomp ? { seccomp: compileSeccomp(spec.linux.seccomp) } : {}),
+  };
+}
 
 function cgroupLimits(spec: RuntimeSpec): CgroupLimits {
   const r = spec.linux?.resources ?? {};

@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Cgroup, listCgroups } from '../../lib/container/cgroups/index';
-import type { Container } from '../../lib/container/container';
 import { ConflictError, NotFoundError, SpawnError, StateError } from '../../lib/errors';
 import type { Image } from '../../lib/image/image';
 import { Runtime } from '../../lib/runtime';
