@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ReadStream as TtyReadStream } from 'node:tty';
-import { ConflictError, NacelleError, SpawnError, StateError, TimeoutError, fromNativeError } from '../errors';
+import { ConflictError, NacelleError, SpawnError, StateError, TimeoutError, UnsupportedError, fromNativeError } from '../errors';
 import type { Image } from '../image/image';
 import { Layer } from '../image/layer';
 import { type Change, diffOverlayUpper, packChanges } from '../image/tar/index';
@@ -210,12 +210,19 @@ export class Container {
     // Memory limits are set once the process has exec'd: before that it shares
     // this Node process's memory (see SpawnOptions.cgroupProcs).
     const { memory, memorySwap, ...early } = limits;
-    const cgroup = await Cgroup.create(this.id, early);
+    const rootless = process.geteuid?.() !== 0;
+    if (rootless && Object.keys(limits).length > 0) {
+      throw new UnsupportedError(
+        `container ${this.id.slice(0, 12)}: cgroup limits (${Object.keys(limits).join(', ')}) need root or a delegated cgroup; run without limits when rootless`,
+      );
+    }
+    // Rootless containers get no cgroup: this user cannot create one under its own.
+    const cgroup = rootless ? undefined : await Cgroup.create(this.id, early);
     this.#cgroup = cgroup;
     try {
-      await restrictDevices(cgroup, spec);
+      if (cgroup) await restrictDevices(cgroup, spec);
     } catch (err) {
-      await cgroup.destroy().catch(() => undefined);
+      await cgroup?.destroy().catch(() => undefined);
       this.#cgroup = undefined;
       throw err;
     }
@@ -278,7 +285,7 @@ export class Container {
           : {}),
         ...securityOf(spec),
         rlimits: (proc.rlimits ?? []).map((r) => ({ type: r.type, soft: r.soft, hard: r.hard })),
-        cgroupProcs: cgroup.procsFiles(),
+        cgroupProcs: cgroup?.procsFiles() ?? [],
         detached,
         stdio,
         ...(tty ? { terminal: { cols: proc.consoleSize?.width ?? 80, rows: proc.consoleSize?.height ?? 24 } } : {}),
@@ -290,7 +297,7 @@ export class Container {
       await this.#closeDetachedHandles();
       if (this.#ttyMaster !== undefined) this.#closeFd(this.#ttyMaster);
       this.#ttyMaster = undefined;
-      await cgroup.destroy().catch(() => undefined);
+      await cgroup?.destroy().catch(() => undefined);
       this.#cgroup = undefined;
       if (err instanceof SpawnError && err.step === 'execve') {
         // Docker semantics: the command could not run; the container exits 127 (126 when not executable).
@@ -311,7 +318,7 @@ export class Container {
     for (const fd of closeAfter) this.#closeFd(fd);
     await this.#closeDetachedHandles();
     const p = this.#process;
-    if (memory !== undefined || memorySwap !== undefined) {
+    if (cgroup && (memory !== undefined || memorySwap !== undefined)) {
       try {
         await cgroup.update({ ...(memory !== undefined ? { memory } : {}), ...(memorySwap !== undefined ? { memorySwap } : {}) });
       } catch (err) {
@@ -391,10 +398,10 @@ export class Container {
     });
   }
 
-  async #watch(p: Process, cgroup: Cgroup, logs: { out: WriteStream; err: WriteStream } | undefined): Promise<ContainerExit> {
+  async #watch(p: Process, cgroup: Cgroup | undefined, logs: { out: WriteStream; err: WriteStream } | undefined): Promise<ContainerExit> {
     const status = await p.wait();
-    const oomKilled = (await cgroup.oomKilled().catch(() => 0)) > 0;
-    await cgroup.destroy().catch(() => undefined);
+    const oomKilled = ((await cgroup?.oomKilled().catch(() => 0)) ?? 0) > 0;
+    await cgroup?.destroy().catch(() => undefined);
     this.#cgroup = undefined;
     // The pty master belongs to its TTY stream, which closes it.
     this.#ttyStream?.destroy();
@@ -500,6 +507,7 @@ export class Container {
   }
 
   async #cgroupHandle(): Promise<Cgroup> {
+    if (process.geteuid?.() !== 0) throw new UnsupportedError(`container ${this.id.slice(0, 12)} is rootless: it has no cgroup (no stats, pause or limits)`);
     this.#cgroup ??= await Cgroup.open(this.id);
     return this.#cgroup;
   }
@@ -599,7 +607,7 @@ export class Container {
         joinPidNamespace: pidNs,
         user,
         ...securityOf(spec),
-        cgroupProcs: (await this.#cgroupHandle()).procsFiles(),
+        cgroupProcs: process.geteuid?.() === 0 ? (await this.#cgroupHandle()).procsFiles() : [],
         // The container's memory cgroup is already limited: the new process must
         // not share this Node process's memory while it execs (see spawn's docs).
         ownMemory: spec.linux?.resources?.memory?.limit !== undefined,
@@ -670,7 +678,7 @@ export class Container {
       await this.kill('SIGKILL').catch(() => undefined);
       await this.wait({ timeoutMs: 10_000 }).catch(() => undefined);
     }
-    const cg = await Cgroup.open(this.id).catch(() => undefined);
+    const cg = process.geteuid?.() === 0 ? await Cgroup.open(this.id).catch(() => undefined) : undefined;
     await cg?.destroy().catch(() => undefined);
     // Another handle may be writing its last state update: retry ENOTEMPTY.
     await rm(this.dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });

@@ -72,6 +72,13 @@ export class ContainerService {
    */
   async create(image: Image | string, options: ContainerOptions = {}): Promise<Container> {
     const img = await this.images.get(image);
+    if (process.geteuid?.() !== 0 && options.userns === undefined) {
+      // Rootless: root inside is this user outside (a single-id mapping: no
+      // /etc/subuid needed), in a user namespace that owns every other namespace.
+      const uid = process.geteuid?.() ?? 0;
+      const gid = process.getegid?.() ?? 0;
+      options = { ...options, userns: { uidMap: [{ containerId: 0, hostId: uid, size: 1 }], gidMap: [{ containerId: 0, hostId: gid, size: 1 }] } };
+    }
     if (options.name !== undefined && !NAME.test(options.name)) {
       throw new InvalidArgumentError(`invalid container name '${options.name}' (letters, digits, _ . -)`);
     }

@@ -45,10 +45,15 @@ function capName(name: string): string {
   return `CAP_${bare}`;
 }
 
-/** Capabilities this process holds (its permitted set): the most a container can get. */
-export function heldCapabilities(): string[] {
+/**
+ * The most a container can get: the capabilities this process holds (its
+ * permitted set), or with a new user namespace, whatever its bounding set
+ * allows (a new user namespace grants every capability inside it).
+ */
+export function heldCapabilities(inUserNamespace = false): string[] {
   const status = readFileSync('/proc/self/status', 'utf8');
-  const hex = /^CapPrm:\s+([0-9a-f]+)$/m.exec(status)?.[1] ?? '0';
+  const field = inUserNamespace ? 'CapBnd' : 'CapPrm';
+  const hex = new RegExp(`^${field}:\\s+([0-9a-f]+)$`, 'm').exec(status)?.[1] ?? '0';
   const mask = BigInt(`0x${hex}`);
   return CAPABILITY_NAMES.filter((_, i) => (mask >> BigInt(i)) & 1n).map((c) => `CAP_${c}`);
 }
@@ -59,7 +64,7 @@ export function heldCapabilities(): string[] {
  * without CAP_SYS_RESOURCE cannot grant it); adding one it lacks is an error.
  */
 export function containerCapabilities(options: ContainerOptions): string[] {
-  const held = heldCapabilities();
+  const held = heldCapabilities(options.userns !== undefined);
   const all = held;
   if (options.privileged) return all;
   for (const c of (options.capAdd ?? []).map(capName)) {
