@@ -117,11 +117,15 @@ export class Container {
   #ttyMaster: number | undefined;
   #ttyStream: TtyReadStream | undefined;
 
+  /** What `create` computed in this process (spec, image, lowerdirs), so `start` need not read it back. */
+  #prepared: { spec: RuntimeSpec; image: Image; lowerDirs: string[] } | undefined;
+
   /** @internal */
-  constructor(service: ContainerService, state: ContainerState) {
+  constructor(service: ContainerService, state: ContainerState, prepared?: { spec: RuntimeSpec; image: Image; lowerDirs: string[] }) {
     this.service = service;
     this.id = state.id;
     this.#state = state;
+    this.#prepared = prepared;
   }
 
   /** The state directory. */
@@ -202,10 +206,12 @@ export class Container {
     if (this.#state.status !== 'created') {
       throw new StateError(`container ${this.id.slice(0, 12)} is ${this.#state.status}; only a created container starts`);
     }
-    const spec = await this.spec();
+    const prepared = this.#prepared;
+    this.#prepared = undefined;
+    const spec = prepared?.spec ?? (await this.spec());
     const paths = statePaths(this.dir);
-    const image = await this.service.images.get(this.#state.image);
-    const lowerDirs = [await this.service.initLayer(), ...(await image.lowerDirs())];
+    const lowerDirs =
+      prepared?.lowerDirs ?? [await this.service.initLayer(), ...(await (await this.service.images.get(this.#state.image)).lowerDirs())];
     const limits = cgroupLimits(spec);
     // Memory limits are set once the process has exec'd: before that it shares
     // this Node process's memory (see SpawnOptions.cgroupProcs).

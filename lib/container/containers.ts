@@ -119,7 +119,7 @@ export class ContainerService {
         await writeFile(paths.hosts, hostsFile(hostname, network));
         await writeFile(paths.hostname, `${hostname}\n`);
         await writeFile(paths.resolvConf, await resolvConf(network));
-        await writeFileAtomic(paths.config, JSON.stringify(spec, null, 2), 0o644, false);
+        await writeFileAtomic(paths.config, JSON.stringify(spec), 0o644, false);
         await writeFileAtomic(paths.state, JSON.stringify(state, null, 2), 0o644, false);
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
@@ -127,7 +127,7 @@ export class ContainerService {
       }
     });
     if (options.stdin) this.#stdinWanted.add(id);
-    return new Container(this, state);
+    return new Container(this, state, { spec, image: img, lowerDirs });
   }
 
   /** Creates and starts a container. With `autoRemove`, it is removed once it exits. */
