@@ -603,8 +603,6 @@ export class Container {
         }
         user = { uid: Number(u), gid: g === undefined ? Number(u) : Number(g), groups: [] };
       }
-      let pty: { master: number; slave: number } | undefined;
-      if (options.tty) pty = native().openPty(80, 24);
       const p = await spawn({
         argv: cmd,
         env: [...env].map(([k, v]) => `${k}=${v}`),
@@ -617,13 +615,13 @@ export class Container {
         // The container's memory cgroup is already limited: the new process must
         // not share this Node process's memory while it execs (see spawn's docs).
         ownMemory: spec.linux?.resources?.memory?.limit !== undefined,
-        stdio: pty ? [pty.slave, pty.slave, pty.slave] : [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-        controllingTerminal: Boolean(pty),
-      }).finally(() => {
-        if (pty) native().close(pty.slave);
+        stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+        // a terminal from the container's own /dev/pts (the child has joined its mount namespace)
+        ...(options.tty ? { terminal: { cols: 80, rows: 24 } } : {}),
+        controllingTerminal: Boolean(options.tty),
       });
-      if (pty) {
-        const stream = new TtyReadStream(pty.master);
+      if (options.tty && p.terminalFd !== null) {
+        const stream = new TtyReadStream(p.terminalFd);
         const out = new PassThrough();
         stream.on('data', (c: Buffer) => out.write(c));
         stream.on('error', () => out.end());

@@ -178,8 +178,9 @@ export interface SpawnOptions {
   ownMemory?: boolean;
   /**
    * Give the child a terminal allocated in its own root's /dev/pts (after
-   * pivot_root, so `tty` inside names it) as stdin, stdout and stderr; the
-   * master is {@link Process.terminalFd}. Replaces `stdio`.
+   * pivot_root or joining a container's mount namespace, so `tty` inside
+   * names it) as stdin, stdout and stderr; the master is
+   * {@link Process.terminalFd}. Replaces `stdio`.
    */
   terminal?: TerminalSize;
   /** Outlive this Node process: no death signal, own session. Default false. */
@@ -551,8 +552,8 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
   const groups = user && setgroups !== 'deny' ? [...(user.groups ?? [])] : null;
 
   const stdioOptions = options.terminal ? (['ignore', 'ignore', 'ignore'] as const) : (options.stdio ?? ['ignore', 'pipe', 'pipe']);
-  if (options.terminal && options.pivotRoot === undefined) {
-    throw new InvalidArgumentError('terminal needs pivotRoot into a root with devpts mounted at /dev/pts');
+  if (options.terminal && options.pivotRoot === undefined && !options.joinNamespaces?.length) {
+    throw new InvalidArgumentError('terminal needs a root with devpts at /dev/pts: pivotRoot into one, or join a container\'s mount namespace');
   }
   const childFds: [number, number, number] = [-1, -1, -1];
   const parentFds: number[] = [];

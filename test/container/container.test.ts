@@ -262,6 +262,10 @@ describeRoot('containers', () => {
         expect(Number(lines[4])).toBeLessThan(10); // sees only the container's processes
         expect(err).toBe('err\n');
         expect(status.exitCode).toBe(7);
+        const withTty = await c.exec(['sh', '-c', 'tty; [ -t 0 ] && echo interactive'], { tty: true });
+        const [ttyOut, ttyStatus] = await Promise.all([text(withTty.stdout), withTty.wait()]);
+        expect(ttyOut.replace(/\r/g, '')).toMatch(/^\/dev\/pts\/\d+\ninteractive\n$/);
+        expect(ttyStatus.exitCode).toBe(0);
         const piped = await c.exec(['cat'], { stdin: true });
         piped.stdin!.end('round trip\n');
         expect(await text(piped.stdout)).toBe('round trip\n');
