@@ -732,26 +732,6 @@ static napi_value TryFlock(napi_env env, napi_callback_info info) {
 
 /* ---- pseudo-terminals ---------------------------------------------------- */
 
-static napi_value OpenPty(napi_env env, napi_callback_info info) {
-  NAPI_ARGS(2);
-  int32_t cols, rows;
-  if (!arg_int32(env, argv[0], &cols) || !arg_int32(env, argv[1], &rows)) return NULL;
-  int master, slave;
-  char name[128];
-  int err = nacelle_openpty(cols, rows, &master, &slave, name, sizeof name);
-  if (err < 0) {
-    nacelle_throw_errno(env, -err, "openpty", NULL);
-    return NULL;
-  }
-  napi_value result, v;
-  NAPI_CALL(env, napi_create_object(env, &result));
-  set_int32(env, result, "master", master);
-  set_int32(env, result, "slave", slave);
-  NAPI_CALL(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &v));
-  NAPI_CALL(env, napi_set_named_property(env, result, "path", v));
-  return result;
-}
-
 static napi_value ResizePty(napi_env env, napi_callback_info info) {
   NAPI_ARGS(3);
   int32_t fd, cols, rows;
@@ -886,7 +866,6 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"lgetxattr", NULL, Lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"llistxattr", NULL, Llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"flock", NULL, Flock, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"openPty", NULL, OpenPty, NULL, NULL, NULL, napi_enumerable, NULL},
       {"resizePty", NULL, ResizePty, NULL, NULL, NULL, napi_enumerable, NULL},
       {"tryFlock", NULL, TryFlock, NULL, NULL, NULL, napi_enumerable, NULL},
   };

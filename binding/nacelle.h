@@ -179,7 +179,6 @@ int nacelle_flock(int fd, int op, int nonblock);
 
 /* ---- pty.c -------------------------------------------------------------- */
 
-int nacelle_openpty(int cols, int rows, int *master, int *slave, char *name, size_t name_len);
 int nacelle_resize_pty(int fd, int cols, int rows);
 
 /* ---- kvm/probe.c -------------------------------------------------------- */

@@ -189,8 +189,6 @@ export interface NativeBinding {
   flock(fd: number, op: number): Promise<void>;
   /** flock(2) with LOCK_NB: false when someone else holds a conflicting lock. */
   tryFlock(fd: number, op: number): boolean;
-  /** A pseudo-terminal pair (both O_CLOEXEC) with the given size; `path` is the slave's /dev/pts path. */
-  openPty(cols: number, rows: number): { master: number; slave: number; path: string };
   /** TIOCSWINSZ on a pty fd. */
   resizePty(fd: number, cols: number, rows: number): void;
   readonly constants: NativeConstants;
