@@ -16,6 +16,18 @@
 #include "macros.h"
 #include "nacelle.h"
 
+/* Creates a promise and queues `data` as async work on the libuv pool. */
+static napi_value queue_work(napi_env env, const char *resource, napi_async_execute_callback execute,
+                             napi_async_complete_callback complete, void *data, napi_async_work *work,
+                             napi_deferred *deferred) {
+  napi_value promise, name;
+  NAPI_CALL(env, napi_create_promise(env, deferred, &promise));
+  NAPI_CALL(env, napi_create_string_utf8(env, resource, NAPI_AUTO_LENGTH, &name));
+  NAPI_CALL(env, napi_create_async_work(env, NULL, name, execute, complete, data, work));
+  NAPI_CALL(env, napi_queue_async_work(env, *work));
+  return promise;
+}
+
 /* ---- spawn -------------------------------------------------------------- */
 
 struct spawn_job {
@@ -292,12 +304,7 @@ static napi_value Spawn(napi_env env, napi_callback_info info) {
     free(job);
     return NULL;
   }
-  napi_value promise, name;
-  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
-  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:spawn", NAPI_AUTO_LENGTH, &name));
-  NAPI_CALL(env, napi_create_async_work(env, NULL, name, spawn_execute, spawn_complete, job, &job->work));
-  NAPI_CALL(env, napi_queue_async_work(env, job->work));
-  return promise;
+  return queue_work(env, "nacelle:spawn", spawn_execute, spawn_complete, job, &job->work, &job->deferred);
 }
 
 /* ---- waiting on a pidfd ------------------------------------------------- */
@@ -675,7 +682,7 @@ struct flock_job {
 
 static void flock_execute(napi_env env, void *data) {
   struct flock_job *job = data;
-  job->err = nacelle_flock(job->fd, job->op, 0);
+  job->err = nacelle_flock(job->fd, job->op);
 }
 
 static void flock_complete(napi_env env, napi_status status, void *data) {
@@ -703,31 +710,7 @@ static napi_value Flock(napi_env env, napi_callback_info info) {
   }
   job->fd = fd;
   job->op = op;
-  napi_value promise, name;
-  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
-  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:flock", NAPI_AUTO_LENGTH, &name));
-  NAPI_CALL(env, napi_create_async_work(env, NULL, name, flock_execute, flock_complete, job, &job->work));
-  NAPI_CALL(env, napi_queue_async_work(env, job->work));
-  return promise;
-}
-
-/* flock(fd, op | LOCK_NB): true when taken, false when another holder has it. */
-static napi_value TryFlock(napi_env env, napi_callback_info info) {
-  NAPI_ARGS(2);
-  int32_t fd, op;
-  if (!arg_int32(env, argv[0], &fd) || !arg_int32(env, argv[1], &op)) return NULL;
-  int err = nacelle_flock(fd, op, 1);
-  napi_value result;
-  if (err == -EWOULDBLOCK) {
-    NAPI_CALL(env, napi_get_boolean(env, false, &result));
-    return result;
-  }
-  if (err < 0) {
-    nacelle_throw_errno(env, -err, "flock", NULL);
-    return NULL;
-  }
-  NAPI_CALL(env, napi_get_boolean(env, true, &result));
-  return result;
+  return queue_work(env, "nacelle:flock", flock_execute, flock_complete, job, &job->work, &job->deferred);
 }
 
 /* ---- pseudo-terminals ---------------------------------------------------- */
@@ -775,12 +758,7 @@ static void mount_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value queue_mount_job(napi_env env, struct mount_job *job) {
-  napi_value promise, name;
-  NAPI_CALL(env, napi_create_promise(env, &job->deferred, &promise));
-  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:mount", NAPI_AUTO_LENGTH, &name));
-  NAPI_CALL(env, napi_create_async_work(env, NULL, name, mount_execute, mount_complete, job, &job->work));
-  NAPI_CALL(env, napi_queue_async_work(env, job->work));
-  return promise;
+  return queue_work(env, "nacelle:mount", mount_execute, mount_complete, job, &job->work, &job->deferred);
 }
 
 static napi_value Mount(napi_env env, napi_callback_info info) {
@@ -867,7 +845,6 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"llistxattr", NULL, Llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"flock", NULL, Flock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"resizePty", NULL, ResizePty, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"tryFlock", NULL, TryFlock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   napi_value constants = make_constants(env);

@@ -29,11 +29,11 @@ ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len) {
   return n < 0 ? -errno : n;
 }
 
-/* flock(2). Blocking when `nonblock` is 0: binding.c runs that on the libuv pool. */
-int nacelle_flock(int fd, int op, int nonblock) {
+/* flock(2), blocking: binding.c runs it on the libuv pool. */
+int nacelle_flock(int fd, int op) {
   int r;
   do {
-    r = flock(fd, op | (nonblock ? LOCK_NB : 0));
+    r = flock(fd, op);
   } while (r < 0 && errno == EINTR);
   return r < 0 ? -errno : 0;
 }

@@ -175,7 +175,7 @@ int nacelle_lsetxattr(const char *path, const char *name, const void *value, siz
 /* With len 0, return the size needed. */
 ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t len);
 ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len);
-int nacelle_flock(int fd, int op, int nonblock);
+int nacelle_flock(int fd, int op);
 
 /* ---- pty.c -------------------------------------------------------------- */
 

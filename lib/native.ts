@@ -187,45 +187,10 @@ export interface NativeBinding {
   llistxattr(path: string): string[];
   /** flock(2), waiting on the libuv pool; `op` is LOCK_SH, LOCK_EX or LOCK_UN. */
   flock(fd: number, op: number): Promise<void>;
-  /** flock(2) with LOCK_NB: false when someone else holds a conflicting lock. */
-  tryFlock(fd: number, op: number): boolean;
   /** TIOCSWINSZ on a pty fd. */
   resizePty(fd: number, cols: number, rows: number): void;
   readonly constants: NativeConstants;
 }
-
-/** Native step numbers (binding/nacelle.h `enum spawn_step`) by name, for tests and errors. */
-export const SPAWN_STEPS = [
-  'none',
-  'clone',
-  'write uid_map',
-  'write gid_map',
-  'write setgroups',
-  'write cgroup.procs',
-  'sync',
-  'prctl',
-  'setsid',
-  'setns',
-  'stdio',
-  'sethostname',
-  'op',
-  'pivot_root',
-  'setgroups',
-  'setresgid',
-  'setresuid',
-  'chdir',
-  'execve',
-  'signals',
-  'prlimit',
-  'capset',
-  'prctl(PR_SET_NO_NEW_PRIVS)',
-  'seccomp',
-  'ioctl(TIOCSCTTY)',
-  'setns(pid)',
-  'ioctl(SIOCSIFFLAGS lo)',
-  'unshare(CLONE_NEWCGROUP)',
-  'open /dev/pts/ptmx',
-] as const;
 
 /** The directory holding package.json: one level above both lib/ and dist/. */
 export function packageRoot(): string {

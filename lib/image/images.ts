@@ -6,7 +6,7 @@ import { arch } from 'node:os';
 import { NotFoundError } from '../errors';
 import { type Digest, digestOf, isDigest } from '../oci/digest';
 import { MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST } from '../oci/mediatypes';
-import { ImageReference, parseReference } from '../oci/reference';
+import { type ImageReference, parseReference } from '../oci/reference';
 import {
   ANNOTATION_CONTAINERD_IMAGE_NAME,
   ANNOTATION_REF_NAME,
@@ -16,7 +16,6 @@ import {
   type ImageConfig,
   type ImageManifest,
   parseImageConfig,
-  parseIndex,
   parseManifest,
 } from '../oci/types';
 import type { ContentStore } from '../store/content-store';
@@ -288,14 +287,9 @@ export class ImageService {
     await exportImages(resolved, path, options);
   }
 
-  /** Reads an index or manifest list blob. @internal */
-  async readIndexBlob(digest: Digest) {
-    return parseIndex(await this.store.readJson(digest));
-  }
 }
 
 function untaggedRecord(d: Descriptor): Descriptor {
   return { mediaType: d.mediaType, digest: d.digest, size: d.size };
 }
 
-export { ImageReference };

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, rmSync } from 'node:fs';
-import { open, rm, stat } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -188,12 +188,4 @@ async function drain(source: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of source) {
     // consume
   }
-}
-
-/** Size of a file, or undefined. */
-export async function fileSize(path: string): Promise<number | undefined> {
-  return stat(path).then(
-    (s) => s.size,
-    () => undefined,
-  );
 }

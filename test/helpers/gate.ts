@@ -3,7 +3,6 @@
  * NACELLE_REQUIRE_ROOT=1 / NACELLE_REQUIRE_KVM=1) a missing requirement fails
  * the suite; elsewhere the suite is skipped with the reason printed.
  */
-import { existsSync } from 'node:fs';
 import { describe, it } from 'vitest';
 import { probeKvm } from '../../lib/vm/kvm';
 
@@ -46,9 +45,4 @@ export function describeRoot(name: string, fn: SuiteFn): void {
 /** A describe() that runs only with /dev/kvm; fails under NACELLE_REQUIRE_KVM=1, skips loudly otherwise. */
 export function describeKvm(name: string, fn: SuiteFn): void {
   gated(name, missingKvm(), 'NACELLE_REQUIRE_KVM', fn);
-}
-
-/** Whether a program is on this machine's PATH (for peer comparisons). */
-export function hasProgram(path: string): boolean {
-  return existsSync(path);
 }
