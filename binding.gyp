@@ -11,9 +11,13 @@
         "binding/ns.c",
         "binding/fs.c",
         "binding/pty.c",
+        "binding/monitor/wait.c",
         "binding/kvm/probe.c"
       ],
-      "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
+      "defines": [
+        "_GNU_SOURCE",
+        "NAPI_VERSION=8"
+      ],
       "cflags": [
         "-std=gnu11",
         "-O2",
@@ -23,7 +27,33 @@
         "-Wno-missing-field-initializers",
         "-fvisibility=hidden"
       ],
-      "cflags!": ["-std=gnu99"]
+      "cflags!": [
+        "-std=gnu99"
+      ]
+    },
+    {
+      "target_name": "nacelle-monitor",
+      "type": "executable",
+      "sources": [
+        "binding/monitor/main.c",
+        "binding/monitor/wait.c"
+      ],
+      "defines": [
+        "_GNU_SOURCE"
+      ],
+      "cflags": [
+        "-std=gnu11",
+        "-O2",
+        "-Wall",
+        "-Wextra"
+      ],
+      "cflags!": [
+        "-std=gnu99"
+      ],
+      "ldflags": [
+        "-static",
+        "-s"
+      ]
     }
   ]
 }

@@ -37,12 +37,19 @@ struct spawn_job {
   struct spawn_desc desc;
   struct spawn_result result;
   struct spawn_failure failure;
+  const char *monitor_program; /* set: a detached spawn through nacelle-monitor */
+  const char *status_file;
+  struct monitor_info monitor;
   int err;
 };
 
 static void spawn_execute(napi_env env, void *data) {
   struct spawn_job *job = data;
-  job->err = nacelle_spawn(&job->desc, &job->result, &job->failure);
+  if (job->monitor_program) {
+    job->err = nacelle_spawn_monitored(&job->desc, job->monitor_program, job->status_file, &job->result, &job->monitor, &job->failure);
+  } else {
+    job->err = nacelle_spawn(&job->desc, &job->result, &job->failure);
+  }
 }
 
 static void spawn_complete(napi_env env, napi_status status, void *data) {
@@ -53,6 +60,10 @@ static void spawn_complete(napi_env env, napi_status status, void *data) {
     set_int32(env, result, "pid", job->result.pid);
     set_int32(env, result, "pidfd", job->result.pidfd);
     set_int32(env, result, "ptyMaster", job->result.pty_master);
+    if (job->monitor_program) {
+      set_int32(env, result, "monitorPid", job->monitor.pid);
+      set_int32(env, result, "monitorPidfd", job->monitor.pidfd);
+    }
     napi_resolve_deferred(env, job->deferred, result);
   } else {
     const char *path = NULL;
@@ -299,7 +310,15 @@ static napi_value Spawn(napi_env env, napi_callback_info info) {
     nacelle_throw_errno(env, ENOMEM, "spawn", NULL);
     return NULL;
   }
-  if (!parse_spawn_desc(env, argv[0], &job->arena, &job->desc)) {
+  if (!parse_spawn_desc(env, argv[0], &job->arena, &job->desc) ||
+      !prop_string(env, argv[0], "monitorProgram", &job->arena, (char **)&job->monitor_program) ||
+      !prop_string(env, argv[0], "statusFile", &job->arena, (char **)&job->status_file)) {
+    arena_free(&job->arena);
+    free(job);
+    return NULL;
+  }
+  if (job->monitor_program && (!job->status_file || !job->desc.detached)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "a monitored spawn needs statusFile and detached");
     arena_free(&job->arena);
     free(job);
     return NULL;

@@ -141,6 +141,19 @@ struct spawn_result {
 int nacelle_spawn(const struct spawn_desc *desc, struct spawn_result *out, struct spawn_failure *fail);
 const char *nacelle_spawn_step_syscall(int step, const struct spawn_desc *desc, int index, const char **path);
 
+/* The monitor process of a detached container (see monitor/wait.c). */
+struct monitor_info {
+  pid_t pid;
+  int pidfd; /* the monitor is our child: wait on it, then read the status file */
+};
+
+/* Fork a monitor that starts the process as its own child, then execs
+ * `program` (nacelle-monitor) to wait for it and write its exit status to
+ * status_path. out->pidfd names the process (not our child: signal it, poll
+ * it; its status comes from the file). */
+int nacelle_spawn_monitored(const struct spawn_desc *desc, const char *program, const char *status_path,
+                            struct spawn_result *out, struct monitor_info *mon, struct spawn_failure *fail);
+
 /* ---- process.c ---------------------------------------------------------- */
 
 struct exit_status {

@@ -19,6 +19,7 @@
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "monitor/monitor.h"
 #include "nacelle.h"
 #include "rawsys.h"
 
@@ -652,4 +654,171 @@ const char *nacelle_spawn_step_syscall(int step, const struct spawn_desc *d, int
     case STEP_PTY: return "open /dev/pts/ptmx";
     default: return "spawn";
   }
+}
+
+/* ---- monitored spawn (detached containers) ------------------------------- */
+
+/* What the monitor process tells its creator over the report socket; the
+ * container's pidfd (and pty master) travel beside it as SCM_RIGHTS. */
+struct monitor_report {
+  int err; /* 0 or -errno */
+  struct spawn_failure fail;
+  pid_t pid;
+};
+
+static int send_report(int sock, const struct monitor_report *r, const int *fds, int nfds) {
+  char control[CMSG_SPACE(2 * sizeof(int))];
+  struct iovec iov = {.iov_base = (void *)r, .iov_len = sizeof *r};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n < 0 ? -errno : 0;
+}
+
+/* Runs in the forked monitor process: a copy of Node's address space with
+ * only this thread, so only plain system calls (no malloc, no locks another
+ * thread may have held). Starts the container as its own child, reports,
+ * then execs the small monitor program so the copy of Node's memory is
+ * dropped. Never returns. */
+static void monitor_main(const struct spawn_desc *d, int report, const char *program, const char *status_path) {
+  struct monitor_report r;
+  memset(&r, 0, sizeof r);
+  r.fail.index = -1;
+  if (setsid() < 0) {
+    r.err = -errno;
+    r.fail.step = STEP_SETSID;
+  } else if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
+    r.err = -errno;
+    r.fail.step = STEP_PDEATHSIG;
+  }
+  struct spawn_result res = {.pid = -1, .pidfd = -1, .pty_master = -1};
+  if (r.err == 0) r.err = nacelle_spawn(d, &res, &r.fail);
+  r.pid = res.pid;
+  int fds[2] = {res.pidfd, res.pty_master};
+  int nfds = r.err == 0 ? (res.pty_master >= 0 ? 2 : 1) : 0;
+  if (send_report(report, &r, fds, nfds) < 0 && r.err == 0) {
+    /* the creator is gone before it learnt of the container: do not leave it running unowned */
+    syscall(SYS_pidfd_send_signal, res.pidfd, SIGKILL, NULL, 0);
+  }
+  if (r.err < 0) _exit(1);
+  if (res.pty_master >= 0) close(res.pty_master);
+
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+  }
+  if (syscall(SYS_close_range, 3, ~0U, 0) < 0) {
+    for (int fd = 3; fd < 1024; fd++) close(fd);
+  }
+  char pidbuf[24];
+  snprintf(pidbuf, sizeof pidbuf, "%d", (int)res.pid);
+  char *const argv[] = {(char *)"nacelle-monitor", pidbuf, (char *)status_path, NULL};
+  char *const envp[] = {NULL};
+  execve(program, argv, envp);
+  /* No monitor program: keep the promise from this (heavier) process. */
+  sigset_t none;
+  sigemptyset(&none);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  pthread_sigmask(SIG_SETMASK, &none, NULL);
+  _exit(nacelle_monitor_wait(res.pid, status_path) < 0 ? 1 : 0);
+}
+
+int nacelle_spawn_monitored(const struct spawn_desc *d, const char *program, const char *status_path,
+                            struct spawn_result *out, struct monitor_info *mon, struct spawn_failure *fail) {
+  int sock[2] = {-1, -1};
+  int mpidfd = -1;
+  sigset_t all, old;
+  out->pid = -1;
+  out->pidfd = -1;
+  out->pty_master = -1;
+  mon->pid = -1;
+  mon->pidfd = -1;
+  fail->step = STEP_CLONE;
+  fail->err = 0;
+  fail->index = -1;
+
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sock) < 0) {
+    fail->err = errno;
+    return -fail->err;
+  }
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  /* A fork (own mm): the monitor must outlive Node, so it cannot share its
+   * memory; it execs nacelle-monitor as soon as the container runs. Raw
+   * clone, so no atfork handler of Node's runs in the child. */
+  long m = syscall(SYS_clone, (unsigned long)(SIGCHLD | CLONE_PIDFD), NULL, &mpidfd, NULL, 0UL);
+  if (m == 0) {
+    close(sock[0]);
+    monitor_main(d, sock[1], program, status_path);
+  }
+  int clone_errno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  close(sock[1]);
+  if (m < 0) {
+    close(sock[0]);
+    fail->err = clone_errno;
+    return -clone_errno;
+  }
+
+  struct monitor_report r;
+  char control[CMSG_SPACE(2 * sizeof(int))];
+  struct iovec iov = {.iov_base = &r, .iov_len = sizeof r};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  ssize_t n;
+  do {
+    n = recvmsg(sock[0], &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  int recv_errno = errno;
+  close(sock[0]);
+  int fds[2] = {-1, -1};
+  int nfds = 0;
+  if (n > 0) {
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+      if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+        nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        if (nfds > 2) nfds = 2;
+        memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
+      }
+    }
+  }
+  if (n != (ssize_t)sizeof r || (r.err == 0 && nfds < 1)) {
+    /* The monitor died before reporting (or sent nonsense). */
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+    reap_failed_child((pid_t)m, mpidfd);
+    fail->step = STEP_SYNC;
+    fail->err = n < 0 ? recv_errno : EPIPE;
+    return -fail->err;
+  }
+  if (r.err < 0) {
+    siginfo_t si;
+    while (waitid(P_PID, (id_t)m, &si, WEXITED) < 0 && errno == EINTR) {
+    }
+    close(mpidfd);
+    *fail = r.fail;
+    if (fail->err == 0) fail->err = -r.err;
+    return r.err;
+  }
+  out->pid = r.pid;
+  out->pidfd = fds[0];
+  out->pty_master = nfds > 1 ? fds[1] : -1;
+  mon->pid = (pid_t)m;
+  mon->pidfd = mpidfd;
+  fail->step = STEP_NONE;
+  return 0;
 }

@@ -6,9 +6,20 @@
  * @module
  * @internal
  */
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import nodeGypBuild from 'node-gyp-build';
+
+/** What `spawn` resolves with. */
+export interface NativeSpawnResult {
+  pid: number;
+  pidfd: number;
+  ptyMaster: number;
+  /** Monitored spawns: the nacelle-monitor process (our child) and its pidfd. */
+  monitorPid?: number;
+  monitorPidfd?: number;
+}
 
 /** One filesystem operation the spawned child runs before pivot_root. */
 export interface NativeSpawnOp {
@@ -72,6 +83,10 @@ export interface NativeSpawnDescription {
   ptyCols?: number;
   /** Terminal height for `pty`. */
   ptyRows?: number;
+  /** Detached spawns: start through this nacelle-monitor program, which stays the parent and records the exit. */
+  monitorProgram?: string | null;
+  /** Where the monitor writes the exit status (JSON). */
+  statusFile?: string | null;
 }
 
 /** How a reaped process ended, as the kernel reported it. */
@@ -158,7 +173,7 @@ export interface NativeConstants {
 /** Every function the addon exports. Errors carry `code` (errno name), `errno`, `syscall`, `path`. */
 export interface NativeBinding {
   /** Starts a process; resolves once it has exec'd (or rejects with the failing step). */
-  spawn(desc: NativeSpawnDescription): Promise<{ pid: number; pidfd: number; ptyMaster: number }>;
+  spawn(desc: NativeSpawnDescription): Promise<NativeSpawnResult>;
   /**
    * Resolves when the process behind `pidfd` exits, reaping it. Never reaps
    * anything else. With `keepAlive` false the wait does not hold the event loop open.
@@ -195,6 +210,20 @@ export interface NativeBinding {
 /** The directory holding package.json: one level above both lib/ and dist/. */
 export function packageRoot(): string {
   return dirname(dirname(fileURLToPath(import.meta.url)));
+}
+
+/**
+ * A helper program built beside the addon (build/Release, else
+ * prebuilds/<platform>-<arch>, the order node-gyp-build loads the addon in),
+ * or undefined when neither has it.
+ */
+export function helperProgram(name: string): string | undefined {
+  const root = packageRoot();
+  for (const dir of [join(root, 'build', 'Release'), join(root, 'prebuilds', `${process.platform}-${process.arch}`)]) {
+    const path = join(dir, name);
+    if (existsSync(path)) return path;
+  }
+  return undefined;
 }
 
 let loaded: NativeBinding | undefined;

@@ -3,11 +3,12 @@
  * overlayfs of its image's layers with a private writable layer on top.
  * @module
  */
-import { closeSync, createWriteStream, type WriteStream, lstatSync, openSync } from 'node:fs';
+import { closeSync, constants, createWriteStream, type WriteStream, lstatSync, openSync } from 'node:fs';
 import { type FileHandle, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Socket } from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ReadStream as TtyReadStream } from 'node:tty';
 import { ConflictError, NacelleError, SpawnError, StateError, TimeoutError, UnsupportedError, fromNativeError } from '../errors';
@@ -17,13 +18,13 @@ import { type Change, diffOverlayUpper, packChanges } from '../image/tar/index';
 import { native } from '../native';
 import type { ContainerConfig } from '../oci/types';
 import type { RuntimeSpec } from '../oci/runtime-spec';
-import { type ExitStatus, Process, type SpawnOptions, signalNumber, spawn } from '../process/spawn';
+import { type ExitStatus, Process, type SpawnOptions, readExitStatusFile, signalNumber, spawn } from '../process/spawn';
 import { Cgroup } from './cgroups/index';
 import type { CgroupLimits, CgroupStats } from './cgroups/index';
 import type { ContainerService } from './containers';
 import { rootfsOperations } from './rootfs';
 import { compileSeccomp } from './seccomp/index';
-import { type ContainerState, type ContainerStatus, processStartTime, readState, statePaths, stillRunning, writeState } from './state';
+import { type ContainerState, type ContainerStatus, monitorRunning, processStartTime, readState, statePaths, stillRunning, writeState } from './state';
 
 /** How a container ended. */
 export interface ContainerExit {
@@ -49,6 +50,12 @@ export interface AttachedStreams {
   stdout: Readable;
   /** stderr, likewise. */
   stderr: Readable;
+  /**
+   * The container's stdin when it was created with `stdin: true` (for a
+   * detached container, from any process); null otherwise. Ending it
+   * detaches: the container's stdin stays open, as with `docker run -di`.
+   */
+  stdin: Writable | null;
 }
 
 /** Options of {@link Container.exec}. */
@@ -177,18 +184,38 @@ export class Container {
   async refresh(): Promise<ContainerState> {
     const state = await readState(this.dir);
     if ((state.status === 'running' || state.status === 'paused') && !this.#process && !(await stillRunning(state))) {
-      // Its creator died without recording the end (a foreground container is
-      // killed with it; a detached one's exit code is known only to its parent).
+      // Its creator is gone without recording the end. A foreground container
+      // was killed with it; a detached one's monitor records its exit.
+      const recorded = state.detached ? readExitStatusFile(statePaths(this.dir).exitStatus) : undefined;
+      if (!recorded && state.detached && (await monitorRunning(state))) {
+        // exited a moment ago: the monitor is writing the status
+        this.#state = state;
+        return state;
+      }
       state.status = 'exited';
       state.finishedAt ??= new Date().toISOString();
       if (state.exitCode === undefined) {
-        state.exitCode = state.detached ? null : 137;
-        state.signal = state.detached ? null : 'SIGKILL';
+        if (recorded) {
+          state.exitCode = exitCodeOf(recorded);
+          state.signal = recorded.signal;
+          state.oomKilled = await this.#oomKilledAfterTheFact(recorded);
+        } else {
+          // (a detached container whose monitor was killed: the code is lost)
+          state.exitCode = state.detached ? null : 137;
+          state.signal = state.detached ? null : 'SIGKILL';
+        }
       }
       await writeState(this.dir, state);
     }
     this.#state = state;
     return state;
+  }
+
+  /** For an exit seen by another process: did the OOM killer do it? (Its cgroup stays until remove.) */
+  async #oomKilledAfterTheFact(status: ExitStatus): Promise<boolean> {
+    if (status.signal !== 'SIGKILL' || process.geteuid?.() !== 0) return false;
+    const cg = await Cgroup.open(this.id).catch(() => undefined);
+    return ((await cg?.oomKilled().catch(() => 0)) ?? 0) > 0;
   }
 
   async #update(change: Partial<ContainerState>): Promise<void> {
@@ -244,9 +271,17 @@ export class Container {
       } else if (detached) {
         const out = await open(paths.stdoutLog, 'a');
         const err = await open(paths.stderrLog, 'a');
+        let input: FileHandle | undefined;
+        if (this.#state.openStdin) {
+          // A FIFO any process can attach to. The container holds it open for
+          // writing too, so it never sees EOF when an attached writer leaves.
+          await rm(paths.stdinFifo, { force: true });
+          native().mknod(paths.stdinFifo, constants.S_IFIFO | 0o600, 0, 0);
+          input = await open(paths.stdinFifo, constants.O_RDWR);
+        }
         // (the child hands fds 0-2 to the container user before exec)
-        stdio = ['ignore', out.fd, err.fd];
-        this.#detachedHandles = [out, err];
+        stdio = [input ? input.fd : 'ignore', out.fd, err.fd];
+        this.#detachedHandles = input ? [out, err, input] : [out, err];
       } else {
         stdio = [this.service.keepStdin(this.id) ? 'pipe' : 'ignore', 'pipe', 'pipe'];
       }
@@ -293,6 +328,7 @@ export class Container {
         rlimits: (proc.rlimits ?? []).map((r) => ({ type: r.type, soft: r.soft, hard: r.hard })),
         cgroupProcs: cgroup?.procsFiles() ?? [],
         detached,
+        ...(detached ? { exitStatusFile: paths.exitStatus } : {}),
         stdio,
         ...(tty ? { terminal: { cols: proc.consoleSize?.width ?? 80, rows: proc.consoleSize?.height ?? 24 } } : {}),
         controllingTerminal: tty,
@@ -340,10 +376,12 @@ export class Container {
       }
     }
     const pidStart = await processStartTime(p.pid);
+    const monitorStart = p.monitorPid !== null ? await processStartTime(p.monitorPid) : undefined;
     await this.#update({
       status: 'running',
       pid: p.pid,
       ...(pidStart ? { pidStart } : {}),
+      ...(p.monitorPid !== null && monitorStart ? { monitorPid: p.monitorPid, monitorStart } : {}),
       parentPid: process.pid,
       startedAt: new Date().toISOString(),
     });
@@ -566,7 +604,25 @@ export class Container {
       pump().catch((err: unknown) => out.destroy(err as Error));
       return out;
     };
-    return { stdout: follow(paths.stdoutLog), stderr: follow(paths.stderrLog) };
+    let stdin: Writable | null = null;
+    if (this.#stdin) {
+      stdin = this.#stdin; // started here: the container's own stdin pipe
+    } else if (this.#state.openStdin && this.#state.detached && this.#state.status !== 'exited') {
+      let fd: number | undefined;
+      try {
+        // Non-blocking: ENXIO, not a hang, when the container (the reader) is gone.
+        fd = openSync(paths.stdinFifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENXIO' && code !== 'ENOENT') throw err;
+      }
+      if (fd !== undefined) {
+        const socket = new Socket({ fd, readable: false, writable: true }); // libuv drives the FIFO with backpressure
+        socket.on('error', () => undefined); // EPIPE once the container has exited
+        stdin = socket;
+      }
+    }
+    return { stdout: follow(paths.stdoutLog), stderr: follow(paths.stderrLog), stdin };
   }
 
   /** Runs another process in the running container's namespaces and cgroup. */

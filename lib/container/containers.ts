@@ -105,6 +105,7 @@ export class ContainerService {
       autoRemove: options.autoRemove ?? false,
       detached: options.detach ?? false,
       tty: options.tty ?? false,
+      ...(options.stdin ? { openStdin: true } : {}),
       stopSignal: options.stopSignal ?? ((img.config.StopSignal as NodeJS.Signals | undefined) || 'SIGTERM'),
     };
     await this.#lock.with('exclusive', async () => {

@@ -29,8 +29,12 @@ export interface ContainerState {
   pid?: number;
   /** The init's start time in clock ticks since boot (/proc/<pid>/stat field 22): tells a recycled pid apart. */
   pidStart?: string;
-  /** The pid of the Node process that started it (the only one that can reap it). */
+  /** The pid of the Node process that started it (the only one that can reap a foreground container). */
   parentPid?: number;
+  /** Detached containers: the nacelle-monitor process that is their parent and records the exit in `exit.json`. */
+  monitorPid?: number;
+  /** The monitor's start time (as {@link ContainerState.pidStart}). */
+  monitorStart?: string;
   /** ISO time it started. */
   startedAt?: string;
   /** ISO time it exited. */
@@ -49,6 +53,8 @@ export interface ContainerState {
   detached: boolean;
   /** Allocated a terminal. */
   tty: boolean;
+  /** Keeps stdin open (`stdin: true`); a detached one reads it from the `stdin` FIFO that {@link Container.attach} writes to. */
+  openStdin?: boolean;
   /** Signal `stop()` sends first. */
   stopSignal: NodeJS.Signals;
 }
@@ -68,6 +74,8 @@ export function statePaths(dir: string) {
     stdoutLog: join(dir, 'stdout.log'),
     stderrLog: join(dir, 'stderr.log'),
     lock: join(dir, 'lock'),
+    exitStatus: join(dir, 'exit.json'),
+    stdinFifo: join(dir, 'stdin'),
   };
 }
 
@@ -97,6 +105,13 @@ export async function processStartTime(pid: number): Promise<string | undefined>
 }
 
 /** Whether the process recorded in `state` still runs (same pid, same start time). */
+/** Whether a detached container's monitor is still alive (it has not recorded the exit yet). */
+export async function monitorRunning(state: ContainerState): Promise<boolean> {
+  if (state.monitorPid === undefined || state.monitorStart === undefined) return false;
+  return (await processStartTime(state.monitorPid)) === state.monitorStart;
+}
+
+/** Whether the container's init (same pid, same start time) is still alive. */
 export async function stillRunning(state: ContainerState): Promise<boolean> {
   if (state.pid === undefined || state.pidStart === undefined) return false;
   return (await processStartTime(state.pid)) === state.pidStart;

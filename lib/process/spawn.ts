@@ -7,10 +7,10 @@ import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
-import { InvalidArgumentError, NacelleError, SpawnError, SystemCallError, fromNativeError } from '../errors';
+import { InvalidArgumentError, NacelleError, SpawnError, StateError, SystemCallError, UnsupportedError, fromNativeError } from '../errors';
 import { type MountFlag, mountFlags } from '../host/mount';
 import { type NamespaceName, namespaceFlag } from '../host/namespace';
-import { type NativeSpawnDescription, type NativeSpawnOp, native } from '../native';
+import { type NativeSpawnDescription, type NativeSpawnOp, type NativeSpawnResult, helperProgram, native } from '../native';
 
 /** One line of a uid_map or gid_map: `size` ids from `containerId` map to `hostId` on. */
 export interface IdMapping {
@@ -185,6 +185,14 @@ export interface SpawnOptions {
   terminal?: TerminalSize;
   /** Outlive this Node process: no death signal, own session. Default false. */
   detached?: boolean;
+  /**
+   * With `detached`: start the process through nacelle-monitor, a small
+   * program that stays its parent after this Node process exits, reaps it and
+   * writes its exit status to this file (read it with {@link readExitStatusFile}),
+   * so the exit code is never lost. {@link Process.wait} then waits for the
+   * monitor and reads the file.
+   */
+  exitStatusFile?: string;
   /** Signal the child gets when the spawning thread dies. Default SIGKILL. */
   deathSignal?: NodeJS.Signals;
   /** Start in this pid namespace (an fd of /proc/<pid>/ns/pid): for exec into a container. */
@@ -301,6 +309,26 @@ export interface ExitStatus {
   coreDumped: boolean;
 }
 
+/**
+ * The exit status nacelle-monitor wrote (see {@link SpawnOptions.exitStatusFile}),
+ * or undefined when it has not written one (still running, or the monitor was killed).
+ */
+export function readExitStatusFile(path: string): ExitStatus | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  const raw = JSON.parse(text) as { exitCode: number | null; signal: number; coreDumped: boolean };
+  return {
+    exitCode: raw.signal ? null : raw.exitCode,
+    signal: raw.signal ? (SIGNAL_NAMES.get(raw.signal) ?? (`SIG${raw.signal}` as NodeJS.Signals)) : null,
+    coreDumped: raw.coreDumped === true,
+  };
+}
+
 const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(
   Object.entries(osConstants.signals).map(([name, num]) => [num, name as NodeJS.Signals]),
 );
@@ -328,7 +356,10 @@ export class Process {
   readonly stderr: Readable | null;
   /** The master side of the child's terminal (`terminal` option), owned by the caller; else null. */
   readonly terminalFd: number | null;
+  /** The nacelle-monitor process that is this process's parent, for monitored spawns; else null. */
+  readonly monitorPid: number | null;
   #pidfd: number;
+  #monitor: { pidfd: number; statusFile: string } | null;
   #waiting: Promise<ExitStatus>;
   #status: ExitStatus | undefined;
 
@@ -339,10 +370,13 @@ export class Process {
     stdio: [Writable | null, Readable | null, Readable | null],
     keepAlive = true,
     terminalFd: number | null = null,
+    monitor: { pid: number; pidfd: number; statusFile: string } | null = null,
   ) {
     this.pid = pid;
     this.terminalFd = terminalFd;
     this.#pidfd = pidfd;
+    this.monitorPid = monitor?.pid ?? null;
+    this.#monitor = monitor ? { pidfd: monitor.pidfd, statusFile: monitor.statusFile } : null;
     [this.stdin, this.stdout, this.stderr] = stdio;
     // Reap as soon as it exits, whether or not anyone waits: a zombie here
     // would also hold up the teardown of a pid namespace it was exec'd into.
@@ -367,6 +401,7 @@ export class Process {
   }
 
   async #wait(keepAlive: boolean): Promise<ExitStatus> {
+    if (this.#monitor) return this.#waitMonitor(this.#monitor, keepAlive);
     try {
       const r = await native().waitPidfd(this.#pidfd, keepAlive);
       this.#status = {
@@ -378,6 +413,27 @@ export class Process {
     } catch (err) {
       throw fromNativeError(err);
     } finally {
+      const fd = this.#pidfd;
+      this.#pidfd = -1;
+      native().close(fd);
+    }
+  }
+
+  /** The process is the monitor's child: the monitor ends after recording its status. */
+  async #waitMonitor(monitor: { pidfd: number; statusFile: string }, keepAlive: boolean): Promise<ExitStatus> {
+    try {
+      const m = await native().waitPidfd(monitor.pidfd, keepAlive);
+      const recorded = readExitStatusFile(monitor.statusFile);
+      if (!recorded) {
+        const how = m.signal ? `was killed by ${SIGNAL_NAMES.get(m.signal) ?? m.signal}` : `exited ${m.exitCode}`;
+        throw new StateError(`the monitor of process ${this.pid} ${how} without recording its exit status (${monitor.statusFile})`);
+      }
+      this.#status = recorded;
+      return recorded;
+    } catch (err) {
+      throw err instanceof NacelleError ? err : fromNativeError(err);
+    } finally {
+      native().close(monitor.pidfd);
       const fd = this.#pidfd;
       this.#pidfd = -1;
       native().close(fd);
@@ -606,8 +662,15 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       ptyCols: options.terminal?.cols ?? 80,
       ptyRows: options.terminal?.rows ?? 24,
     };
+    if (options.exitStatusFile !== undefined) {
+      if (!options.detached) throw new InvalidArgumentError('exitStatusFile needs detached: true (a foreground process is waited on by its creator)');
+      const program = helperProgram('nacelle-monitor');
+      if (!program) throw new UnsupportedError('nacelle-monitor is not built (npm run build:native builds it beside the addon)');
+      desc.monitorProgram = program;
+      desc.statusFile = options.exitStatusFile;
+    }
 
-    let started: { pid: number; pidfd: number; ptyMaster: number };
+    let started: NativeSpawnResult;
     try {
       started = await native().spawn(desc);
     } catch (err) {
@@ -623,7 +686,11 @@ export async function spawn(options: SpawnOptions): Promise<Process> {
       else streams[i as 1 | 2] = socket;
     }
     parentFds.length = 0;
-    return new Process(started.pid, started.pidfd, streams, !(options.detached ?? false), started.ptyMaster >= 0 ? started.ptyMaster : null);
+    const monitor =
+      started.monitorPid !== undefined && started.monitorPidfd !== undefined && options.exitStatusFile !== undefined
+        ? { pid: started.monitorPid, pidfd: started.monitorPidfd, statusFile: options.exitStatusFile }
+        : null;
+    return new Process(started.pid, started.pidfd, streams, !(options.detached ?? false), started.ptyMaster >= 0 ? started.ptyMaster : null, monitor);
   } catch (err) {
     for (const fd of [...closeAfterSpawn, ...parentFds.filter((fd) => fd !== undefined)]) {
       try {

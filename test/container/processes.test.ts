@@ -4,7 +4,7 @@
  * exec into, stop and remove it.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -80,12 +80,58 @@ describeRoot('containers across processes', () => {
     const collected = text(attached.stdout);
     await new Promise((r) => setTimeout(r, 200));
     const exit = await c.stop({ timeout: 5 });
-    // not our child: the code is known to its creator only (gone), the end is certain
-    expect(exit).toMatchObject({ oomKilled: false });
+    // not our child: its monitor (its parent since the creator left) recorded the code
+    expect(exit).toEqual({ exitCode: 3, signal: null, oomKilled: false });
     expect(await collected).toBe('started\nbye\n');
     expect((await rt.containers.list({ all: true })).map((x) => x.status)).toEqual(['exited']);
     await c.remove();
     expect(await rt.containers.list({ all: true })).toEqual([]);
+  });
+
+  it('gives the exit code of a detached container that ended after its creator left (docker wait)', async () => {
+    const out = inAnotherProcess(`
+      const a = await rt.containers.run('busybox:test', { cmd: ['sh', '-c', 'sleep 0.5; exit 4'], detach: true });
+      const b = await rt.containers.run('busybox:test', { cmd: ['sleep', '30'], detach: true });
+      const c = await rt.containers.run('busybox:test', { cmd: ['sh', '-c', 'sleep 0.5; tail /dev/zero'], memory: '32m', detach: true });
+      console.log(a.id + ' ' + b.id + ' ' + c.id);`);
+    const [a, b, oom] = out.split('\n').at(-1)!.split(' ') as [string, string, string];
+    const ca = await rt.containers.get(a);
+    const cb = await rt.containers.get(b);
+    expect(await ca.wait({ timeoutMs: 10_000 })).toEqual({ exitCode: 4, signal: null, oomKilled: false });
+    await cb.kill('SIGKILL');
+    expect(await cb.wait({ timeoutMs: 10_000 })).toEqual({ exitCode: 137, signal: 'SIGKILL', oomKilled: false });
+    expect(ca.state).toMatchObject({ status: 'exited', exitCode: 4 });
+    const coom = await rt.containers.get(oom);
+    expect(await coom.wait({ timeoutMs: 20_000 })).toEqual({ exitCode: 137, signal: 'SIGKILL', oomKilled: true });
+    await coom.remove();
+    // a third process reads the same from the state
+    const again = inAnotherProcess(`console.log(JSON.stringify(await (await rt.containers.get(${JSON.stringify(a)})).wait()));`);
+    expect(JSON.parse(again.split('\n').at(-1)!)).toEqual({ exitCode: 4, signal: null, oomKilled: false });
+    await ca.remove();
+    await cb.remove();
+  });
+
+  it('attaches to a detached container\'s stdin from another process; detaching leaves it running (docker run -di)', async () => {
+    const out = inAnotherProcess(`
+      const c = await rt.containers.run('busybox:test', { cmd: ['sh', '-c', 'while read line; do echo "got $line"; done; echo eof'], stdin: true, detach: true });
+      console.log(c.id);`);
+    const id = out.split('\n').at(-1)!;
+    const c = await rt.containers.get(id);
+    const first = c.attach();
+    expect(first.stdin).not.toBeNull();
+    const seen = text(first.stdout);
+    first.stdin!.write('one\n');
+    await new Promise<void>((r) => first.stdin!.end(r));
+    // a second client attaches after the first left: stdin is still open
+    const second = c.attach();
+    second.stdin!.end('two\n');
+    await eventually(() => readFileSync(join(c.dir, 'stdout.log'), 'utf8') === 'got one\ngot two\n', 5000, 'both lines');
+    expect((await c.refresh()).status).toBe('running');
+    await c.stop({ timeout: 1 });
+    expect(await seen).toBe('got one\ngot two\n');
+    // a container without stdin offers none
+    expect(c.attach().stdin).toBeNull();
+    await c.remove();
   });
 
   it('shows the image and containers to another process (ps -a after the creator is gone)', async () => {

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, symlinkSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageRoot } from '../../lib/native';
@@ -10,7 +10,7 @@ describe('prebuilds', () => {
   const root = packageRoot();
   beforeAll(() => {
     pkg = makeTempDir('prebuild');
-    for (const entry of ['package.json', 'binding.gyp', 'binding']) cpSync(join(root, entry), join(pkg, entry), { recursive: true });
+    for (const entry of ['package.json', 'binding.gyp', 'binding', 'scripts']) cpSync(join(root, entry), join(pkg, entry), { recursive: true });
     symlinkSync(join(root, 'node_modules'), join(pkg, 'node_modules'));
   });
   afterAll(() => removeTempDir(pkg));
@@ -22,6 +22,13 @@ describe('prebuilds', () => {
     const dir = join(pkg, 'prebuilds', `linux-${process.arch}`);
     const files = readdirSync(dir).filter((f) => f.endsWith('.node'));
     expect(files.length).toBe(1);
+    // the helper program ships beside it, static (no interpreter to find on the target)
+    const monitor = join(dir, 'nacelle-monitor');
+    expect(statSync(monitor).mode & 0o111).not.toBe(0);
+    expect(readFileSync(monitor).includes(Buffer.from('/lib64/ld-linux'))).toBe(false);
+    const usage = spawnSync(monitor, [], { encoding: 'utf8' });
+    expect(usage.status).toBe(2);
+    expect(usage.stderr).toContain('usage: nacelle-monitor');
 
     removeTempDir(join(pkg, 'build'));
     expect(existsSync(join(pkg, 'build'))).toBe(false);

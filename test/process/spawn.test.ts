@@ -1,11 +1,11 @@
 import { execFile, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmdirSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SpawnError } from '../../lib/errors';
-import { type SpawnOptions, spawn } from '../../lib/process/spawn';
+import { type SpawnOptions, readExitStatusFile, spawn } from '../../lib/process/spawn';
 import { describeRoot } from '../helpers/gate';
 import { eventually, fdCount, procState, zombieChildren } from '../helpers/proc';
 import { makeTempDir, removeTempDir } from '../helpers/tmp';
@@ -204,6 +204,75 @@ describeRoot('spawn into namespaces', () => {
         // already gone
       }
     }
+  });
+
+  describe('detached through nacelle-monitor (exitStatusFile)', () => {
+    let dir: string;
+    beforeEach(() => {
+      dir = makeTempDir('monitor');
+    });
+    afterEach(() => removeTempDir(dir));
+
+    it('records the exit code; the monitor is the parent, has its own session and no terminal', async () => {
+      const statusFile = join(dir, 'exit.json');
+      const p = await spawn({ argv: ['sh', '-c', 'read x; exit 7'], env: PATH, detached: true, exitStatusFile: statusFile, stdio: ['pipe', 'ignore', 'ignore'] });
+      const monitor = p.monitorPid!;
+      expect(monitor).toBeGreaterThan(0);
+      await eventually(() => readFileSync(`/proc/${monitor}/comm`, 'utf8').trim() === 'nacelle-monitor', 5000, 'the monitor to exec');
+      const stat = (pid: number) => readFileSync(`/proc/${pid}/stat`, 'utf8').slice(readFileSync(`/proc/${pid}/stat`, 'utf8').lastIndexOf(')') + 2).split(' ');
+      expect(Number(stat(p.pid)[1])).toBe(monitor); // ppid
+      expect(Number(stat(monitor)[3])).toBe(monitor); // its own session
+      expect(Number(stat(monitor)[1])).toBe(process.pid);
+      // only /dev/null for stdio, nothing of ours kept open
+      const fds = readdirSync(`/proc/${monitor}/fd`);
+      expect(fds.sort()).toEqual(['0', '1', '2']);
+      for (const fd of fds) expect(readlinkSync(`/proc/${monitor}/fd/${fd}`)).toBe('/dev/null');
+      expect(existsSync(statusFile)).toBe(false);
+      p.stdin!.end('go\n');
+      expect(await p.wait()).toEqual({ exitCode: 7, signal: null, coreDumped: false });
+      expect(readExitStatusFile(statusFile)).toEqual({ exitCode: 7, signal: null, coreDumped: false });
+      expect(existsSync(`${statusFile}.tmp`)).toBe(false);
+      expect(zombieChildren()).toEqual([]);
+    });
+
+    it('records a signal, and kill() reaches the process, not the monitor', async () => {
+      const statusFile = join(dir, 'exit.json');
+      const p = await spawn({ argv: ['sleep', '30'], env: PATH, detached: true, exitStatusFile: statusFile });
+      expect(p.kill('SIGTERM')).toBe(true);
+      expect(await p.wait()).toEqual({ exitCode: null, signal: 'SIGTERM', coreDumped: false });
+      expect(readExitStatusFile(statusFile)?.signal).toBe('SIGTERM');
+    });
+
+    it('keeps the exit code after the Node process that started it is gone', async () => {
+      const statusFile = join(dir, 'exit.json');
+      const started = join(dir, 'started');
+      const script = `
+        import { spawn } from ${JSON.stringify(join(process.cwd(), 'lib/process/spawn.ts'))};
+        const p = await spawn({ argv: ['sh', '-c', 'touch ${started}; sleep 0.5; exit 5'], env: { PATH: '/usr/bin:/bin' }, detached: true, exitStatusFile: ${JSON.stringify(statusFile)} });
+        console.log(p.pid + ' ' + p.monitorPid);
+        process.exit(0);`;
+      writeFileSync(join(dir, 'start.ts'), script);
+      const out = spawnSync(join(process.cwd(), 'node_modules/.bin/vite-node'), [join(dir, 'start.ts')], { encoding: 'utf8', timeout: 30_000 });
+      expect(out.status, out.stderr).toBe(0);
+      const [pid, monitor] = out.stdout.trim().split('\n').at(-1)!.split(' ').map(Number) as [number, number];
+      expect(existsSync(started)).toBe(true); // it ran; its creator is gone
+      await eventually(() => existsSync(statusFile), 10_000, 'the monitor to record the exit');
+      expect(readExitStatusFile(statusFile)).toEqual({ exitCode: 5, signal: null, coreDumped: false });
+      await eventually(() => procState(monitor) === null && procState(pid) === null, 5000, 'monitor and process to be gone');
+    });
+
+    it('refuses exitStatusFile without detached', async () => {
+      await expect(spawn({ argv: ['true'], env: PATH, exitStatusFile: join(dir, 'x') })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+    });
+
+    it('reports a failed exec like any spawn and leaves no monitor behind', async () => {
+      const before = fdCount();
+      const err = await spawn({ argv: ['no-such-program-here'], env: PATH, detached: true, exitStatusFile: join(dir, 'exit.json') }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'ENOENT', step: 'execve' });
+      expect(fdCount()).toBe(before);
+      expect(zombieChildren()).toEqual([]);
+      expect(existsSync(join(dir, 'exit.json'))).toBe(false);
+    });
   });
 
   describe('bad input', () => {
