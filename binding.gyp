@@ -11,6 +11,7 @@
         "binding/ns.c",
         "binding/fs.c",
         "binding/pty.c",
+        "binding/bpf.c",
         "binding/monitor/wait.c",
         "binding/kvm/probe.c"
       ],

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <linux/sched.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -604,6 +605,73 @@ static napi_value Mknod(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* bpfLoadDeviceFilter(insns: Buffer) -> fd; the verifier's log is in the error's message. */
+static napi_value BpfLoadDeviceFilter(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  void *data = NULL;
+  size_t len = 0;
+  if (napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok || len == 0 || len % 8 != 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "a BPF program is a non-empty Buffer of 8-byte instructions");
+    return NULL;
+  }
+  static char log[16384];
+  int fd = nacelle_bpf_load_device_filter(data, (unsigned int)(len / 8), log, sizeof log);
+  if (fd < 0) {
+    /* the verifier's last line before its statistics says what it refused */
+    const char *line = log, *pick = log;
+    size_t pick_len = 0;
+    while (*line) {
+      size_t n = strcspn(line, "\n");
+      if (n > 0 && strncmp(line, "processed ", 10) != 0) {
+        pick = line;
+        pick_len = n;
+      }
+      line += n;
+      if (*line == '\n') line++;
+    }
+    char what[200];
+    snprintf(what, sizeof what, "bpf(BPF_PROG_LOAD): %.*s", (int)(pick_len < 150 ? pick_len : 150), pick);
+    napi_value error = nacelle_errno_error(env, -fd, log[0] ? what : "bpf(BPF_PROG_LOAD)", NULL);
+    napi_value text;
+    napi_create_string_utf8(env, log, NAPI_AUTO_LENGTH, &text);
+    napi_set_named_property(env, error, "verifierLog", text);
+    napi_throw(env, error);
+    return NULL;
+  }
+  napi_value result;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
+/* bpfAttachDeviceFilter(cgroupDir, progFd) */
+static napi_value BpfAttachDeviceFilter(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(2);
+  struct arena a = {0};
+  char *path;
+  int32_t fd;
+  if (arg_string(env, argv[0], &a, &path) && arg_int32(env, argv[1], &fd)) {
+    int err = nacelle_bpf_attach_device_filter(path, fd);
+    if (err < 0) nacelle_throw_errno(env, -err, "bpf(BPF_PROG_ATTACH)", path);
+  }
+  arena_free(&a);
+  return NULL;
+}
+
+/* bpfQueryDeviceFilters(cgroupDir) -> number of programs attached there */
+static napi_value BpfQueryDeviceFilters(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(1);
+  struct arena a = {0};
+  char *path;
+  napi_value result = NULL;
+  if (arg_string(env, argv[0], &a, &path)) {
+    int n = nacelle_bpf_query_device_filters(path);
+    if (n < 0) nacelle_throw_errno(env, -n, "bpf(BPF_PROG_QUERY)", path);
+    else napi_create_int32(env, n, &result);
+  }
+  arena_free(&a);
+  return result;
+}
+
 static napi_value Lsetxattr(napi_env env, napi_callback_info info) {
   NAPI_ARGS(3);
   struct arena a = {0};
@@ -859,6 +927,9 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"sethostname", NULL, Sethostname, NULL, NULL, NULL, napi_enumerable, NULL},
       {"kvmProbe", NULL, KvmProbe, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mknod", NULL, Mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bpfLoadDeviceFilter", NULL, BpfLoadDeviceFilter, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bpfAttachDeviceFilter", NULL, BpfAttachDeviceFilter, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bpfQueryDeviceFilters", NULL, BpfQueryDeviceFilters, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lsetxattr", NULL, Lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lgetxattr", NULL, Lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"llistxattr", NULL, Llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -194,6 +194,16 @@ int nacelle_flock(int fd, int op);
 
 int nacelle_resize_pty(int fd, int cols, int rows);
 
+/* ---- bpf.c -------------------------------------------------------------- */
+
+/* Load a BPF_PROG_TYPE_CGROUP_DEVICE program (struct bpf_insn[count]); the
+ * verifier's complaints land in log. Returns an fd (close-on-exec) or -errno. */
+int nacelle_bpf_load_device_filter(const void *insns, unsigned int count, char *log, size_t log_size);
+/* Attach it to a cgroup v2 directory (BPF_F_ALLOW_MULTI). */
+int nacelle_bpf_attach_device_filter(const char *cgroup_dir, int prog_fd);
+/* How many device programs are attached to the cgroup itself. */
+int nacelle_bpf_query_device_filters(const char *cgroup_dir);
+
 /* ---- kvm/probe.c -------------------------------------------------------- */
 
 struct kvm_probe_result {

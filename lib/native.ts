@@ -192,6 +192,12 @@ export interface NativeBinding {
   setns(fd: number, nstype: number): void;
   sethostname(name: string): void;
   kvmProbe(device: string): NativeKvmProbe;
+  /** Loads a BPF_PROG_TYPE_CGROUP_DEVICE program (8-byte instructions); an error carries `verifierLog`. */
+  bpfLoadDeviceFilter(insns: Buffer): number;
+  /** Attaches a device program to a cgroup v2 directory (BPF_F_ALLOW_MULTI). */
+  bpfAttachDeviceFilter(cgroupDir: string, progFd: number): void;
+  /** How many device programs are attached to this cgroup v2 directory itself. */
+  bpfQueryDeviceFilters(cgroupDir: string): number;
   /** mknod(2); `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO). */
   mknod(path: string, mode: number, major: number, minor: number): void;
   /** lsetxattr(2): sets an extended attribute without following a symlink. */

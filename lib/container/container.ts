@@ -24,7 +24,8 @@ import type { CgroupLimits, CgroupStats } from './cgroups/index';
 import type { ContainerService } from './containers';
 import { rootfsOperations } from './rootfs';
 import { compileSeccomp } from './seccomp/index';
-import { type ContainerState, type ContainerStatus, monitorRunning, processStartTime, readState, statePaths, stillRunning, writeState } from './state';
+import { type DeviceRule, attachDeviceFilter, parseDeviceRule } from './cgroups/devices';
+import { type ContainerState, type ContainerStatus, creatorRunning, monitorRunning, processStartTime, readState, statePaths, stillRunning, writeState } from './state';
 
 /** How a container ended. */
 export interface ContainerExit {
@@ -187,8 +188,8 @@ export class Container {
       // Its creator is gone without recording the end. A foreground container
       // was killed with it; a detached one's monitor records its exit.
       const recorded = state.detached ? readExitStatusFile(statePaths(this.dir).exitStatus) : undefined;
-      if (!recorded && state.detached && (await monitorRunning(state))) {
-        // exited a moment ago: the monitor is writing the status
+      if (!recorded && (state.detached ? await monitorRunning(state) : await creatorRunning(state))) {
+        // exited a moment ago: its monitor, or its creator, is recording the end
         this.#state = state;
         return state;
       }
@@ -377,12 +378,14 @@ export class Container {
     }
     const pidStart = await processStartTime(p.pid);
     const monitorStart = p.monitorPid !== null ? await processStartTime(p.monitorPid) : undefined;
+    creatorStart ??= await processStartTime(process.pid);
     await this.#update({
       status: 'running',
       pid: p.pid,
       ...(pidStart ? { pidStart } : {}),
       ...(p.monitorPid !== null && monitorStart ? { monitorPid: p.monitorPid, monitorStart } : {}),
       parentPid: process.pid,
+      ...(creatorStart ? { parentStart: creatorStart } : {}),
       startedAt: new Date().toISOString(),
     });
     if (tty && this.#ttyMaster !== undefined) {
@@ -746,16 +749,22 @@ export class Container {
 }
 
 /**
- * Docker's device policy through the v1 devices controller: nothing but the
- * default devices may be opened (mknod stays allowed, as with CAP_MKNOD in
- * Docker, but the node cannot be used). Privileged containers keep access.
- * On cgroup v2 the same needs a BPF program: not done yet.
+ * Docker's device policy: nothing but the default devices may be read or
+ * written (mknod stays allowed, as with CAP_MKNOD in Docker, but the node
+ * cannot be used). Through the v1 devices controller where the host has one,
+ * else through a BPF device program on the cgroup v2 directory. Privileged
+ * containers keep access.
  */
 async function restrictDevices(cgroup: Cgroup, spec: RuntimeSpec): Promise<void> {
-  const dir = cgroup.paths.get('devices');
-  if (!dir || !spec.linux?.maskedPaths?.length) return; // privileged: no masked paths, full access
-  await writeFile(join(dir, 'devices.deny'), 'a');
-  for (const rule of DEFAULT_DEVICE_RULES) await writeFile(join(dir, 'devices.allow'), rule);
+  if (!spec.linux?.maskedPaths?.length) return; // privileged: no masked paths, full access
+  const v1 = cgroup.paths.get('devices');
+  if (v1) {
+    await writeFile(join(v1, 'devices.deny'), 'a');
+    for (const rule of DEFAULT_DEVICE_RULES) await writeFile(join(v1, 'devices.allow'), rule);
+    return;
+  }
+  const v2 = cgroup.paths.get('');
+  if (v2) attachDeviceFilter(v2, DEFAULT_DEVICE_POLICY);
 }
 
 /** The device cgroup rules Docker allows by default. */
@@ -773,6 +782,12 @@ export const DEFAULT_DEVICE_RULES = [
   'c 136:* rwm', // pts
   'c 10:200 rwm', // tun
 ];
+
+/** This process's start time, for {@link ContainerState.parentStart}. */
+let creatorStart: string | undefined;
+
+/** {@link DEFAULT_DEVICE_RULES} as rules for the cgroup v2 device program (default deny). */
+const DEFAULT_DEVICE_POLICY: readonly DeviceRule[] = DEFAULT_DEVICE_RULES.map((line) => parseDeviceRule(line));
 
 /** What the spec says about privileges, as spawn options: the container's and every exec's. */
 function securityOf(spec: RuntimeSpec): Pick<SpawnOptions, 'capabilities' | 'noNewPrivs' | 'seccomp'> {

@@ -31,6 +31,8 @@ export interface ContainerState {
   pidStart?: string;
   /** The pid of the Node process that started it (the only one that can reap a foreground container). */
   parentPid?: number;
+  /** The creator's start time (as {@link ContainerState.pidStart}). */
+  parentStart?: string;
   /** Detached containers: the nacelle-monitor process that is their parent and records the exit in `exit.json`. */
   monitorPid?: number;
   /** The monitor's start time (as {@link ContainerState.pidStart}). */
@@ -105,6 +107,12 @@ export async function processStartTime(pid: number): Promise<string | undefined>
 }
 
 /** Whether the process recorded in `state` still runs (same pid, same start time). */
+/** Whether the Node process that started a foreground container is still alive (it records the exit). */
+export async function creatorRunning(state: ContainerState): Promise<boolean> {
+  if (state.parentPid === undefined || state.parentStart === undefined) return false;
+  return (await processStartTime(state.parentPid)) === state.parentStart;
+}
+
 /** Whether a detached container's monitor is still alive (it has not recorded the exit yet). */
 export async function monitorRunning(state: ContainerState): Promise<boolean> {
   if (state.monitorPid === undefined || state.monitorStart === undefined) return false;
