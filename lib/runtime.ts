@@ -12,6 +12,7 @@ import { type Digest, isDigest } from './oci/digest';
 import { isIndexMediaType } from './oci/mediatypes';
 import { parseIndex, parseImageConfig, parseManifest } from './oci/types';
 import { ContentStore } from './store/content-store';
+import { VmService } from './vm/vms';
 
 /** Where a runtime keeps its state. */
 export interface RuntimeOptions {
@@ -40,6 +41,10 @@ export interface PruneResult {
   ingestBytes: number;
   /** Ids of exited containers removed. */
   containers: string[];
+  /** Ids of VMs whose process is gone (their state directories removed). */
+  vms: string[];
+  /** Bytes of per-image VM boot files (initramfs archives, erofs disks) of images no longer in the store. */
+  vmCacheBytes: number;
 }
 
 /** The default root directory for this user. */
@@ -60,6 +65,8 @@ export class Runtime {
   readonly snapshots: Snapshotter;
   /** Containers: create, run, get, list, prune. */
   readonly containers: ContainerService;
+  /** Virtual machines: run an image's command in a VM (qemu backend; the built-in KVM monitor later). */
+  readonly vms: VmService;
   /** The OCI layout holding every blob. @internal */
   readonly store: ContentStore;
 
@@ -69,6 +76,8 @@ export class Runtime {
     this.snapshots = snapshots;
     this.images = new ImageService(store, snapshots);
     this.containers = new ContainerService(join(root, 'containers'), this.images, join(root, 'init-layer'));
+    this.images.attachBuilder(this.containers, join(root, 'build-cache'));
+    this.vms = new VmService(join(root, 'vms'), this.images);
   }
 
   /** Opens (creating if needed) the runtime rooted at `options.root` or the default root. */
@@ -85,6 +94,7 @@ export class Runtime {
    */
   async prune(): Promise<PruneResult> {
     const containers = await this.containers.prune();
+    const vms = await this.vms.prune();
     const inUse = await this.containers.imagesInUse();
     return this.store.gcLock.with('exclusive', async () => {
       const liveBlobs = new Set<Digest>();
@@ -109,7 +119,8 @@ export class Runtime {
       for (const d of index.manifests) await visit(d.digest, d.mediaType);
       for (const digest of inUse) if (isDigest(digest)) await visit(digest, 'application/vnd.oci.image.manifest.v1+json');
 
-      const result: PruneResult = { blobs: { count: 0, bytes: 0 }, snapshots: { count: 0, bytes: 0 }, ingestBytes: 0, containers };
+      const result: PruneResult = { blobs: { count: 0, bytes: 0 }, snapshots: { count: 0, bytes: 0 }, ingestBytes: 0, containers, vms, vmCacheBytes: 0 };
+      result.vmCacheBytes = await this.vms.pruneCaches(new Set([...index.manifests.map((d) => d.digest), ...inUse]));
       for (const blob of await this.store.listBlobs()) {
         if (liveBlobs.has(blob.digest)) continue;
         result.blobs.bytes += await this.store.deleteBlob(blob.digest);

@@ -19,6 +19,8 @@ import {
   parseManifest,
 } from '../oci/types';
 import type { ContentStore } from '../store/content-store';
+import { type PullOptions, pullImage } from '../registry/pull';
+import { type PushOptions, type PushResult, pushImage } from '../registry/push';
 import { type ExportOptions, type ImportOptions, exportImages, importImages } from './archive';
 import { type HistoryInput, Image } from './image';
 import { Layer } from './layer';
@@ -287,6 +289,49 @@ export class ImageService {
     await exportImages(resolved, path, options);
   }
 
+  /**
+   * Pulls an image from a registry (`127.0.0.1:5000/app:v1`, `ghcr.io/o/a@sha256:…`),
+   * fetching only the blobs the store lacks; from an index, the platform's
+   * manifest (default linux on the host's architecture). Blob byte counts
+   * come with the progress events; {@link pullImage} returns them too.
+   */
+  async pull(ref: string, options: PullOptions = {}): Promise<Image> {
+    return (await pullImage(this, ref, options)).image;
+  }
+
+  /**
+   * Pushes an image (or the image a local reference names) to `ref`,
+   * uploading only the blobs the registry lacks. The result's `digest` is the
+   * pushed manifest's digest.
+   */
+  async push(image: Image | string, ref: string, options: PushOptions = {}): Promise<PushResult> {
+    return pushImage(this, image, ref, options);
+  }
+
+  /** What Dockerfile builds need that the image service does not own: set by the runtime. */
+  #buildServices: { containers: import('../container/containers').ContainerService; cacheDir: string } | undefined;
+
+  /** @internal Gives builds the container service (RUN steps) and the cache directory; the runtime calls this. */
+  attachBuilder(containers: import('../container/containers').ContainerService, cacheDir: string): void {
+    this.#buildServices = { containers, cacheDir };
+  }
+
+  /**
+   * Builds an image from a Dockerfile in `contextDir`: each step a layer or a metadata-only
+   * history entry, reusing cached steps (see `BuildOptions` in the build module).
+   * @throws `DockerfileError` for a bad Dockerfile, a missing base image or stage, a source outside the context (with the line)
+   * @throws `BuildStepError` when a RUN step fails; nothing is tagged
+   */
+  async build(contextDir: string, options: import('../build/types').BuildOptions = {}): Promise<Image> {
+    const services = this.#buildServices;
+    if (!services) {
+      const { StateError } = await import('../errors');
+      throw new StateError('this image service has no container service attached: open it through Runtime.open to build');
+    }
+    const [{ Builder }, { BuildCache }] = await Promise.all([import('../build/builder'), import('../build/cache')]);
+    const builder = new Builder({ images: this, containers: services.containers, cache: new BuildCache(services.cacheDir) });
+    return builder.build(contextDir, options);
+  }
 }
 
 function untaggedRecord(d: Descriptor): Descriptor {
