@@ -4,9 +4,10 @@
 // Prints the time to start all of them (one after another) and the memory per
 // container: RSS and PSS (/proc/<pid>/smaps_rollup) of every process in the
 // container's cgroup, and the memory cgroup's usage (memory.usage_in_bytes on
-// v1, memory.current on v2; on v1 it includes kernel memory). Neither runtime
-// leaves a process of its own per container (no shim): crun exits after
-// `run -d`, nacelle's detached container has no helper process.
+// v1, memory.current on v2; on v1 it includes kernel memory). crun exits after
+// `run -d` and leaves no process of its own; nacelle leaves one small static
+// nacelle-monitor per detached container (its parent, which records the exit
+// code, as conmon does for podman): its RSS and PSS are printed on their own line.
 // Everything is killed and removed at the end, also on failure or Ctrl-C.
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -132,6 +133,19 @@ try {
   await new Promise((r) => setTimeout(r, 500)); // let every sleep settle
   const nMem = summarize(started.map((c) => containerMemory(nacelleCgroupDirs(c.id))));
   const nodeGrowth = process.memoryUsage().rss - rssBefore;
+  const monitors = { n: 0, rss: 0, pss: 0 };
+  for (const c of started) {
+    const pid = c.state.monitorPid;
+    if (pid === undefined) continue;
+    try {
+      const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+      monitors.rss += Number(/^Rss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? 0) * 1024;
+      monitors.pss += Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? 0) * 1024;
+      monitors.n++;
+    } catch {
+      // gone
+    }
+  }
 
   // crun: the same, inside crun's mount namespace (one node process times every `crun run -d`).
   const ids = Array.from({ length: COUNT }, (_, i) => `density-${i}`);
@@ -160,7 +174,10 @@ try {
   console.log(`  PSS per container           ${kib(nMem.pss)}  ${kib(cMem.pss)}   ${(nMem.pss / cMem.pss).toFixed(2)}x`);
   console.log(`  cgroup memory per container ${kib(nMem.usage)}  ${kib(cMem.usage)}   ${(nMem.usage / cMem.usage).toFixed(2)}x`);
   if (Number.isFinite(nMem.kmem) && nMem.kmem > 0) console.log(`    of which kernel (kmem)    ${kib(nMem.kmem)}  ${kib(cMem.kmem)}`);
-  console.log(`  runtime-side memory         node RSS grew ${(nodeGrowth / 1048576).toFixed(1)} MiB over ${COUNT} starts (no process per container); crun: none left running`);
+  if (monitors.n) console.log(`  nacelle-monitor per container  RSS ${kib(monitors.rss / monitors.n)}, PSS ${kib(monitors.pss / monitors.n)} (${monitors.n} running); crun: none`);
+  const perContainerPss = (nMem.pss + (monitors.n ? monitors.pss / monitors.n : 0)) / cMem.pss;
+  console.log(`  PSS per container + monitor ${kib(nMem.pss + (monitors.n ? monitors.pss / monitors.n : 0))}  ${kib(cMem.pss)}   ${perContainerPss.toFixed(2)}x`);
+  console.log(`  runtime-side memory         node RSS grew ${(nodeGrowth / 1048576).toFixed(1)} MiB over ${COUNT} starts; crun: none left running`);
   console.log(`  (crun times are per \`crun run -d\` spawned from node; wall time for the whole crun batch incl. namespace setup: ${(cTotalOuter / 1000).toFixed(2)} s)`);
 } catch (err) {
   console.error(`bench/density failed: ${err.stack ?? err}`);

@@ -13,9 +13,14 @@ if (process.geteuid() !== 0) {
   console.error('nacelle demo: run as root (namespaces, mounts and cgroups need it).');
   process.exit(1);
 }
-if (!existsSync('/bin/busybox')) {
-  console.log('installing busybox-static from Debian ...');
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'busybox-static'], { stdio: 'inherit' });
+// The demo's peers from Debian: busybox for the image, qemu for the VM side.
+const needed = [
+  ['/bin/busybox', 'busybox-static'],
+  ['/usr/bin/qemu-system-x86_64', 'qemu-system-x86'],
+].filter(([path]) => !existsSync(path)).map(([, pkg]) => pkg);
+if (needed.length) {
+  console.log(`installing ${needed.join(', ')} from Debian ...`);
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...needed], { stdio: 'inherit' });
 }
 
 const work = mkdtempSync(join(tmpdir(), 'nacelle-demo-'));
