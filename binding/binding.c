@@ -605,6 +605,67 @@ static napi_value Mknod(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* dirs(remove: boolean, paths: string[], mode) -> Promise<(string | null)[]>: errno names per path */
+struct dirs_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  struct arena arena;
+  char **paths;
+  uint32_t n;
+  int remove;
+  uint32_t mode;
+  int *errs;
+};
+
+static void dirs_execute(napi_env env, void *data) {
+  struct dirs_job *job = data;
+  nacelle_dirs(job->remove, job->paths, (int)job->n, job->mode, job->errs);
+}
+
+static void dirs_complete(napi_env env, napi_status status, void *data) {
+  struct dirs_job *job = data;
+  napi_value result, v;
+  napi_create_array_with_length(env, job->n, &result);
+  for (uint32_t i = 0; i < job->n; i++) {
+    if (job->errs[i] == 0) napi_get_null(env, &v);
+    else napi_create_string_utf8(env, uv_err_name(job->errs[i]), NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, result, i, v);
+  }
+  napi_resolve_deferred(env, job->deferred, result);
+  napi_delete_async_work(env, job->work);
+  arena_free(&job->arena);
+  free(job);
+}
+
+static napi_value Dirs(napi_env env, napi_callback_info info) {
+  NAPI_ARGS(3);
+  struct dirs_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    nacelle_throw_errno(env, ENOMEM, "dirs", NULL);
+    return NULL;
+  }
+  bool remove = false;
+  napi_value holder;
+  napi_create_object(env, &holder);
+  napi_set_named_property(env, holder, "paths", argv[1]);
+  if (napi_get_value_bool(env, argv[0], &remove) != napi_ok || napi_get_value_uint32(env, argv[2], &job->mode) != napi_ok ||
+      !prop_string_array(env, holder, "paths", &job->arena, &job->paths, &job->n) || !job->paths) {
+    if (!job->paths) napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "dirs(remove: boolean, paths: string[], mode: number)");
+    arena_free(&job->arena);
+    free(job);
+    return NULL;
+  }
+  job->remove = remove;
+  job->errs = arena_alloc(&job->arena, (job->n ? job->n : 1) * sizeof(int));
+  if (!job->errs) {
+    arena_free(&job->arena);
+    free(job);
+    nacelle_throw_errno(env, ENOMEM, "dirs", NULL);
+    return NULL;
+  }
+  return queue_work(env, "nacelle:dirs", dirs_execute, dirs_complete, job, &job->work, &job->deferred);
+}
+
 /* bpfLoadDeviceFilter(insns: Buffer) -> fd; the verifier's log is in the error's message. */
 static napi_value BpfLoadDeviceFilter(napi_env env, napi_callback_info info) {
   NAPI_ARGS(1);
@@ -927,6 +988,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"sethostname", NULL, Sethostname, NULL, NULL, NULL, napi_enumerable, NULL},
       {"kvmProbe", NULL, KvmProbe, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mknod", NULL, Mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dirs", NULL, Dirs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"bpfLoadDeviceFilter", NULL, BpfLoadDeviceFilter, NULL, NULL, NULL, napi_enumerable, NULL},
       {"bpfAttachDeviceFilter", NULL, BpfAttachDeviceFilter, NULL, NULL, NULL, napi_enumerable, NULL},
       {"bpfQueryDeviceFilters", NULL, BpfQueryDeviceFilters, NULL, NULL, NULL, napi_enumerable, NULL},

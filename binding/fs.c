@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <sys/file.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "nacelle.h"
 
@@ -27,6 +28,16 @@ ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t 
 ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len) {
   ssize_t n = llistxattr(path, buf, len);
   return n < 0 ? -errno : n;
+}
+
+/* mkdir(2) or rmdir(2) of each path, in order, stopping at nothing: errs[i]
+ * gets 0 or -errno. For cgroups, where each call takes the kernel's
+ * cgroup_mutex: one trip to the thread pool for all of a container's. */
+void nacelle_dirs(int remove, char *const *paths, int n, unsigned int mode, int *errs) {
+  for (int i = 0; i < n; i++) {
+    int r = remove ? rmdir(paths[i]) : mkdir(paths[i], (mode_t)mode);
+    errs[i] = r < 0 ? -errno : 0;
+  }
 }
 
 /* flock(2), blocking: binding.c runs it on the libuv pool. */

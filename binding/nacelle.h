@@ -189,6 +189,7 @@ int nacelle_lsetxattr(const char *path, const char *name, const void *value, siz
 ssize_t nacelle_lgetxattr(const char *path, const char *name, void *buf, size_t len);
 ssize_t nacelle_llistxattr(const char *path, char *buf, size_t len);
 int nacelle_flock(int fd, int op);
+void nacelle_dirs(int remove, char *const *paths, int n, unsigned int mode, int *errs);
 
 /* ---- pty.c -------------------------------------------------------------- */
 

@@ -198,6 +198,8 @@ export interface NativeBinding {
   bpfAttachDeviceFilter(cgroupDir: string, progFd: number): void;
   /** How many device programs are attached to this cgroup v2 directory itself. */
   bpfQueryDeviceFilters(cgroupDir: string): number;
+  /** mkdir(2) (or rmdir(2) with `remove`) of each path in one trip to the thread pool; errno names per path, null for success. */
+  dirs(remove: boolean, paths: readonly string[], mode: number): Promise<(string | null)[]>;
   /** mknod(2); `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO). */
   mknod(path: string, mode: number, major: number, minor: number): void;
   /** lsetxattr(2): sets an extended attribute without following a symlink. */

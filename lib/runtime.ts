@@ -5,6 +5,7 @@
  */
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { removeEmptyCgroupParents } from './container/cgroups/cgroup';
 import { ContainerService } from './container/containers';
 import { ImageService } from './image/images';
 import { Snapshotter } from './image/snapshots';
@@ -95,6 +96,7 @@ export class Runtime {
   async prune(): Promise<PruneResult> {
     const containers = await this.containers.prune();
     const vms = await this.vms.prune();
+    if (process.geteuid?.() === 0) await removeEmptyCgroupParents().catch(() => undefined); // (kept between containers otherwise)
     const inUse = await this.containers.imagesInUse();
     return this.store.gcLock.with('exclusive', async () => {
       const liveBlobs = new Set<Digest>();

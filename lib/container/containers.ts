@@ -4,13 +4,14 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../errors';
 import type { Image } from '../image/image';
 import type { ImageService } from '../image/images';
 import { FileLock } from '../store/lock';
-import { writeFileAtomic } from '../store/atomic';
+import { writeSmallFileAtomicSync } from '../store/atomic';
 import { Container } from './container';
 import type { ContainerOptions } from './options';
 import { ensureInitLayer } from './rootfs';
@@ -43,6 +44,7 @@ export class ContainerService {
   readonly images: ImageService;
   readonly #lock: FileLock;
   readonly #stdinWanted = new Set<string>();
+  #rootMade = false;
   readonly #initDir: string;
   #init: Promise<string> | undefined;
 
@@ -82,7 +84,10 @@ export class ContainerService {
     if (options.name !== undefined && !NAME.test(options.name)) {
       throw new InvalidArgumentError(`invalid container name '${options.name}' (letters, digits, _ . -)`);
     }
-    await mkdir(this.root, { recursive: true });
+    if (!this.#rootMade) {
+      await mkdir(this.root, { recursive: true });
+      this.#rootMade = true;
+    }
     const id = randomBytes(32).toString('hex');
     const dir = join(this.root, id);
     const paths = statePaths(dir);
@@ -108,25 +113,33 @@ export class ContainerService {
       ...(options.stdin ? { openStdin: true } : {}),
       stopSignal: options.stopSignal ?? ((img.config.StopSignal as NodeJS.Signals | undefined) || 'SIGTERM'),
     };
-    await this.#lock.with('exclusive', async () => {
-      if (options.name !== undefined) {
+    const resolv = await resolvConf(network);
+    // A handful of small files: written synchronously, each a system call
+    // rather than a thread-pool round trip (this is most of what create costs).
+    const write = () => {
+      mkdirSync(dir, { mode: 0o711 });
+      try {
+        for (const d of [paths.rootfs, paths.upper, paths.work]) mkdirSync(d, { mode: 0o755 });
+        writeFileSync(paths.hosts, hostsFile(hostname, network));
+        writeFileSync(paths.hostname, `${hostname}\n`);
+        writeFileSync(paths.resolvConf, resolv);
+        writeSmallFileAtomicSync(paths.config, JSON.stringify(spec));
+        writeSmallFileAtomicSync(paths.state, JSON.stringify(state, null, 2));
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        throw err;
+      }
+    };
+    if (options.name === undefined) {
+      write(); // a fresh random id: nothing to check against other creators
+    } else {
+      await this.#lock.with('exclusive', async () => {
         for (const other of await this.#states()) {
           if (other.name === options.name) throw new ConflictError(`the name '${options.name}' is in use by container ${other.id.slice(0, 12)}`);
         }
-      }
-      await mkdir(dir, { mode: 0o711 });
-      try {
-        for (const d of [paths.rootfs, paths.upper, paths.work]) await mkdir(d, { mode: 0o755 });
-        await writeFile(paths.hosts, hostsFile(hostname, network));
-        await writeFile(paths.hostname, `${hostname}\n`);
-        await writeFile(paths.resolvConf, await resolvConf(network));
-        await writeFileAtomic(paths.config, JSON.stringify(spec), 0o644, false);
-        await writeFileAtomic(paths.state, JSON.stringify(state, null, 2), 0o644, false);
-      } catch (err) {
-        await rm(dir, { recursive: true, force: true });
-        throw err;
-      }
-    });
+        write();
+      });
+    }
     if (options.stdin) this.#stdinWanted.add(id);
     return new Container(this, state, { spec, image: img, lowerDirs });
   }

@@ -3,10 +3,10 @@
  * to list, wait on, stop, exec into or remove a container.
  * @module
  */
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Digest } from '../oci/digest';
-import { writeFileAtomic } from '../store/atomic';
+import { writeSmallFileAtomicSync } from '../store/atomic';
 
 /** Where a container is in its life. */
 export type ContainerStatus = 'created' | 'running' | 'paused' | 'exited';
@@ -83,7 +83,8 @@ export function statePaths(dir: string) {
 
 /** Reads a state file. */
 export async function readState(dir: string): Promise<ContainerState> {
-  return JSON.parse(await readFile(join(dir, 'state.json'), 'utf8')) as ContainerState;
+  // (small and read on every step: synchronous is cheaper than a thread-pool round trip)
+  return JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8')) as ContainerState;
 }
 
 /**
@@ -91,13 +92,14 @@ export async function readState(dir: string): Promise<ContainerState> {
  * a crash the process table, not the file, says whether a container runs.
  */
 export async function writeState(dir: string, state: ContainerState): Promise<void> {
-  await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state, null, 2), 0o644, false);
+  writeSmallFileAtomicSync(join(dir, 'state.json'), JSON.stringify(state, null, 2));
 }
 
 /** The start time of a pid (field 22 of /proc/<pid>/stat), or undefined when it is gone. */
 export async function processStartTime(pid: number): Promise<string | undefined> {
   try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // (a small /proc file the kernel makes on read: synchronous costs less than a thread-pool round trip)
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     if (fields[0] === 'Z' || fields[0] === 'X') return undefined; // exited, not yet reaped
     return fields[19];
@@ -106,7 +108,6 @@ export async function processStartTime(pid: number): Promise<string | undefined>
   }
 }
 
-/** Whether the process recorded in `state` still runs (same pid, same start time). */
 /** Whether the Node process that started a foreground container is still alive (it records the exit). */
 export async function creatorRunning(state: ContainerState): Promise<boolean> {
   if (state.parentPid === undefined || state.parentStart === undefined) return false;

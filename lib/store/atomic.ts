@@ -6,6 +6,7 @@
  * @internal
  */
 import { randomBytes } from 'node:crypto';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
@@ -48,4 +49,20 @@ export async function writeFileAtomic(path: string, data: string | Buffer, mode 
     throw err;
   }
   if (durable) await fsyncDir(dirname(path));
+}
+
+/**
+ * {@link writeFileAtomic} without `durable`, synchronously: for small state
+ * files rewritten on every change, where a thread-pool round trip per step
+ * (open, write, close, rename) costs more than the work itself.
+ */
+export function writeSmallFileAtomicSync(path: string, data: string | Buffer, mode = 0o644): void {
+  const tmp = tempPathBeside(path);
+  try {
+    writeFileSync(tmp, data, { mode, flag: 'wx' });
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
 }

@@ -5,9 +5,11 @@
  * never writes to, or moves processes out of, anything above it.
  * @module
  */
+import { rmdirSync } from 'node:fs';
 import { mkdir, readdir, rmdir, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { ConflictError, InvalidArgumentError, NotFoundError, StateError, TimeoutError, UnsupportedError } from '../../errors';
+import { native } from '../../native';
 import { type CgroupHost, detectCgroups, ownDirectory } from './detect';
 import { fileExists, isErrno, parseNumber, readOptional, sleep, wrapFsError, writeCgroupFile } from './files';
 import { type CgroupLimits, type CgroupStats, controllersFor, validateLimits } from './limits';
@@ -204,9 +206,12 @@ export class Cgroup {
     const paths = new Map<string, string>();
     const failures = new Map<string, string>();
     try {
-      for (const h of hierarchiesOf(host)) {
-        const dir = await Cgroup.#createIn(h, id, host, created, failures);
-        for (const key of h.keys) paths.set(key, dir);
+      const hierarchies = hierarchiesOf(host);
+      if (!(await Cgroup.#createFast(hierarchies, id, host, created, failures, paths))) {
+        for (const h of hierarchies) {
+          const dir = await Cgroup.#createIn(h, id, host, created, failures);
+          for (const key of h.keys) paths.set(key, dir);
+        }
       }
       const v2Dir = paths.get('');
       const v2Controllers = v2Dir === undefined ? new Set<string>() : await readControllers(v2Dir, 'cgroup.controllers');
@@ -219,27 +224,70 @@ export class Cgroup {
     }
   }
 
+  /**
+   * When this process has every nacelle/ parent ready: all the mkdirs in one
+   * trip to the thread pool. Returns false (having undone what it made) when
+   * the slow path must run: a parent is missing or was removed meanwhile.
+   */
+  static async #createFast(hierarchies: Hierarchy[], id: string, host: CgroupHost, created: string[], failures: Map<string, string>, paths: Map<string, string>): Promise<boolean> {
+    const parents = hierarchies.map((h) => join(h.ownDir, CGROUP_PARENT));
+    const keys = hierarchies.map((h, i) => parentKey(parents[i]!, wantedV2(h, host)));
+    if (!keys.every((k) => readyParents.has(k))) return false;
+    const dirs = parents.map((p) => join(p, id));
+    const errs = await native().dirs(false, dirs, 0o755);
+    if (errs.some((e) => e !== null)) {
+      await native().dirs(true, dirs.filter((_, i) => errs[i] === null), 0);
+      const taken = errs.indexOf('EEXIST');
+      if (taken >= 0) throw new ConflictError(`cgroup '${id}' already exists: ${dirs[taken]}`);
+      keys.forEach((k, i) => {
+        if (errs[i] !== null) readyParents.delete(k);
+      });
+      return false;
+    }
+    created.push(...dirs);
+    for (const [i, h] of hierarchies.entries()) {
+      for (const [c, why] of readyParents.get(keys[i]!) ?? []) failures.set(c, why);
+      for (const key of h.keys) paths.set(key, dirs[i]!);
+      if (h.keys.includes('cpuset')) await inheritCpusetV1(parents[i]!, dirs[i]!);
+    }
+    return true;
+  }
+
   static async #createIn(h: Hierarchy, id: string, host: CgroupHost, created: string[], failures: Map<string, string>): Promise<string> {
     const parent = join(h.ownDir, CGROUP_PARENT);
     const dir = join(parent, id);
-    const wanted = h.version === 2 ? V2_CONTROLLERS.filter((c) => !host.v1.has(c)) : [];
+    const wanted = wantedV2(h, host);
+    const key = parentKey(parent, wanted);
     if (wanted.length > 0) for (const [c, why] of await enableControllers(h.ownDir, wanted)) failures.set(c, why);
-    // Another process may remove an empty nacelle/ between our mkdirs: retry then.
+    // The nacelle/ parent is prepared once per process (made, controllers
+    // enabled, cpuset filled in) and kept while the process lives: every cgroup
+    // mkdir and rmdir takes the kernel's cgroup_mutex, and redoing the parent
+    // for each container doubled the cost of a short one. Another process may
+    // remove an empty nacelle/ between our mkdirs (ENOENT): prepare it again then.
     for (let attempt = 1; ; attempt++) {
-      if (await mkdirOnce(parent)) created.push(parent);
-      if (wanted.length > 0) {
-        const usable = wanted.filter((c) => !failures.has(c));
-        for (const [c, why] of await enableControllers(parent, usable)) failures.set(c, why);
+      const fresh = !readyParents.has(key);
+      if (fresh) {
+        if (await mkdirOnce(parent)) created.push(parent);
+        if (wanted.length > 0) {
+          const usable = wanted.filter((c) => !failures.has(c));
+          for (const [c, why] of await enableControllers(parent, usable)) failures.set(c, why);
+        }
+        if (h.keys.includes('cpuset')) await inheritCpusetV1(h.ownDir, parent);
+      } else {
+        for (const [c, why] of readyParents.get(key)!) failures.set(c, why);
       }
-      if (h.keys.includes('cpuset')) await inheritCpusetV1(h.ownDir, parent);
       try {
         await mkdir(dir);
       } catch (err) {
-        if (isErrno(err, 'ENOENT') && attempt < 5) continue;
+        if (isErrno(err, 'ENOENT') && attempt < 5) {
+          readyParents.delete(key);
+          continue;
+        }
         if (isErrno(err, 'EEXIST')) throw new ConflictError(`cgroup '${id}' already exists: ${dir}`, { cause: err });
         throw wrapFsError(err, 'mkdir', dir);
       }
       created.push(dir);
+      if (fresh) rememberParent(key, wanted.length > 0 ? new Map([...failures].filter(([c]) => (wanted as readonly string[]).includes(c))) : new Map());
       if (h.keys.includes('cpuset')) await inheritCpusetV1(parent, dir);
       return dir;
     }
@@ -469,7 +517,10 @@ export class Cgroup {
     if (this.#destroyed) return;
     const timeoutMs = options.timeoutMs ?? 5000;
     const deadline = Date.now() + timeoutMs;
-    for (const dir of this.#dirs()) {
+    // Usually every directory is empty and idle: one trip for all the rmdirs.
+    const all = this.#dirs();
+    const first = await native().dirs(true, all, 0);
+    for (const dir of all.filter((_, i) => first[i] !== null && first[i] !== 'ENOENT')) {
       for (let round = 1; ; round++) {
         try {
           await removeTree(dir);
@@ -487,14 +538,64 @@ export class Cgroup {
         }
       }
     }
-    for (const dir of this.#dirs()) {
-      const parent = dirname(dir);
-      await rmdir(parent).catch((err: unknown) => {
-        if (!isErrno(err, 'ENOTEMPTY', 'EBUSY', 'ENOENT', 'EEXIST')) throw wrapFsError(err, 'rmdir', parent);
-      });
-    }
+    // (the nacelle/ parents stay for the next container: see removeEmptyCgroupParents)
     this.#destroyed = true;
   }
+}
+
+/**
+ * nacelle/ parents this process prepared (keyed by {@link parentKey}: the
+ * directory and the v2 controllers asked for there), with the v2 controllers
+ * it could not enable there.
+ */
+const readyParents = new Map<string, Map<string, string>>();
+
+function parentKey(parent: string, wanted: readonly string[]): string {
+  return `${parent}\0${wanted.join(',')}`;
+}
+
+/** The v2 controllers a cgroup in this hierarchy should get (those no v1 hierarchy has). */
+function wantedV2(h: Hierarchy, host: CgroupHost): readonly string[] {
+  return h.version === 2 ? V2_CONTROLLERS.filter((c) => !host.v1.has(c)) : [];
+}
+let exitHookInstalled = false;
+
+function rememberParent(parent: string, failures: Map<string, string>): void {
+  readyParents.set(parent, failures);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Leave no empty nacelle/ behind: removed when this process exits (rmdir
+  // fails harmlessly while another process's container is still in one).
+  process.on('exit', () => {
+    for (const key of readyParents.keys()) {
+      try {
+        rmdirSync(key.slice(0, key.indexOf('\0')));
+      } catch {
+        // busy or not empty: someone else's containers live there
+      }
+    }
+  });
+}
+
+/**
+ * Removes the `<own>/nacelle` parent cgroups that hold no container (they are
+ * otherwise kept while this process lives, and removed when it exits).
+ * Returns the directories removed.
+ */
+export async function removeEmptyCgroupParents(options: CgroupOptions = {}): Promise<string[]> {
+  const host = options.host ?? detectCgroups();
+  const removed: string[] = [];
+  for (const h of hierarchiesOf(host)) {
+    const parent = join(h.ownDir, CGROUP_PARENT);
+    for (const key of [...readyParents.keys()]) if (key.startsWith(`${parent}\0`)) readyParents.delete(key);
+    try {
+      await rmdir(parent);
+      removed.push(parent);
+    } catch (err) {
+      if (!isErrno(err, 'ENOTEMPTY', 'EBUSY', 'ENOENT', 'EEXIST')) throw wrapFsError(err, 'rmdir', parent);
+    }
+  }
+  return removed;
 }
 
 /**

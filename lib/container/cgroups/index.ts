@@ -4,6 +4,6 @@
  */
 export { detectCgroups, parseCgroupHost } from './detect';
 export type { CgroupHost, CgroupLayout } from './detect';
-export { Cgroup, listCgroups, CGROUP_PARENT } from './cgroup';
+export { Cgroup, listCgroups, removeEmptyCgroupParents, CGROUP_PARENT } from './cgroup';
 export type { CgroupOptions, CgroupDestroyOptions, CgroupFreezeOptions } from './cgroup';
 export type { CgroupLimits, CgroupStats, CgroupMemoryStats, CgroupCpuStats, CgroupPidsStats } from './limits';

@@ -2,7 +2,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, dirname, join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { Cgroup, type CgroupHost, type CgroupLimits, detectCgroups, listCgroups } from '../../../lib/container/cgroups';
+import { Cgroup, type CgroupHost, type CgroupLimits, detectCgroups, listCgroups, removeEmptyCgroupParents } from '../../../lib/container/cgroups';
 import { enableControllers } from '../../../lib/container/cgroups/v2';
 import { type Process, type SpawnOptions, spawn } from '../../../lib/process/spawn';
 import { describeRoot } from '../../helpers/gate';
@@ -130,7 +130,7 @@ describeRoot('Cgroup over cgroupfs', () => {
     expect(() => cg.procsFiles()).toThrow(expect.objectContaining({ code: 'ERR_INVALID_STATE' }));
   });
 
-  it('removes the nacelle/ parents when they are empty (checked inside a cgroup of our own)', async () => {
+  it('keeps the nacelle/ parents for the next cgroup, and removes them when empty on request (checked inside a cgroup of our own)', async () => {
     const outer = await make();
     const real = detectCgroups();
     // A host whose own cgroups are `outer`: nobody else can put anything in its nacelle/.
@@ -152,6 +152,10 @@ describeRoot('Cgroup over cgroupfs', () => {
       expect(existsSync(dirname(dir)), 'nacelle/ still holds another cgroup').toBe(true);
     }
     await second.destroy();
+    // kept for the next container (every cgroup mkdir takes the kernel's cgroup_mutex) until asked, or this process exits
+    for (const dir of second.paths.values()) expect(existsSync(dirname(dir)), dirname(dir)).toBe(true);
+    const removed = await removeEmptyCgroupParents({ host });
+    expect(removed.sort()).toEqual([...new Set([...second.paths.values()].map((d) => dirname(d)))].sort());
     for (const dir of second.paths.values()) expect(existsSync(dirname(dir)), dirname(dir)).toBe(false);
     expect(await listCgroups({ host })).toEqual([]);
   });
