@@ -16,6 +16,7 @@ import { diskUsage } from '../store/du';
 import { type Digest, parseDigest } from '../oci/digest';
 import type { Image } from './image';
 import type { Layer } from './layer';
+import { processAlive } from '../process/alive';
 
 /** One unpacked layer. */
 export interface SnapshotInfo {
@@ -124,11 +125,3 @@ export class Snapshotter {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

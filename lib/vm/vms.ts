@@ -18,21 +18,11 @@ import { buildInitramfs } from './guest/initramfs';
 import { findKernel } from './guest/kernel';
 import { GUEST_CHANNEL_DEVICE, QemuMachine } from './qemu';
 import { VmWorkload } from './workload';
+import { processAlive } from '../process/alive';
+import type { ContainerOptions } from '../container/options';
 
 /** Options of `rt.vms.run`. */
-export interface VmRunOptions {
-  /** Replaces the image's Cmd. */
-  cmd?: readonly string[];
-  /** Replaces the image's Entrypoint (and, as in Docker, drops the image's Cmd). */
-  entrypoint?: readonly string[] | string;
-  /** Extra environment (overrides the image's). */
-  env?: Readonly<Record<string, string>> | readonly string[];
-  /** Working directory (default the image's WorkingDir, else `/`). */
-  workdir?: string;
-  /** `uid`, `uid:gid`, `name` or `name:group`, resolved in the image's /etc/passwd and /etc/group. */
-  user?: string;
-  /** Hostname (default the first 12 characters of the id). */
-  hostname?: string;
+export interface VmRunOptions extends Pick<ContainerOptions, 'cmd' | 'entrypoint' | 'env' | 'workdir' | 'user' | 'hostname'> {
   /** Forward stdin: `vm.stdin` is writable; ending it closes the command's stdin. */
   stdin?: boolean;
   /** Virtual CPUs (default 1). */
@@ -90,15 +80,6 @@ function checkPositive(name: string, value: number | undefined, max: number): vo
   if (!Number.isInteger(value) || value < 1 || value > max) throw new InvalidArgumentError(`${name} must be an integer from 1 to ${max}, got ${String(value)}`);
 }
 
-/** Whether a process is alive (signal 0). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Looks a path up in an image's layers (top first), following symlinks inside
@@ -390,7 +371,7 @@ export class VmService {
       const state = await readFile(join(dir, 'state.json'), 'utf8')
         .then((t) => JSON.parse(t) as VmStateFile)
         .catch(() => undefined);
-      if (state && alive(state.parentPid) && alive(state.pid)) continue;
+      if (state && processAlive(state.parentPid) && processAlive(state.pid)) continue;
       // No state file yet: maybe another process is creating it right now.
       if (!state && Date.now() - ((await lstat(dir).catch(() => undefined))?.mtimeMs ?? 0) < 60_000) continue;
       await rm(dir, { recursive: true, force: true });
