@@ -222,6 +222,8 @@ class BuildRun {
     if (!result) result = await this.#emptyImage(file.stages[target]!);
     const tags = this.#options.tag === undefined ? [] : typeof this.#options.tag === 'string' ? [this.#options.tag] : this.#options.tag;
     for (const tag of tags) result = await this.#s.images.tag(result, tag);
+    // the result is an image of its own, not a step's: listed even untagged
+    if (tags.length === 0) await this.#s.images.record(result.digest, result.manifest);
     return result;
   }
 
@@ -354,7 +356,7 @@ class BuildRun {
   /** A stage that is only `FROM scratch`: an image without layers. */
   async #emptyImage(stage: Stage): Promise<Image> {
     const doc: ImageConfig = { created: this.#created, architecture: hostArchitecture(), os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] }, history: [] };
-    return this.#s.images.commit(doc, [], { history: { created: this.#created, created_by: `FROM ${stage.base}`, empty_layer: true } });
+    return this.#s.images.commit(doc, [], { history: { created: this.#created, created_by: `FROM ${stage.base}`, empty_layer: true } }, undefined, { intermediate: true });
   }
 
   // ------------------------------------------------------------------ steps
@@ -574,7 +576,7 @@ class BuildRun {
     // keys the step removed must be present (as undefined) to be dropped by the merge in derive
     const config: Partial<ContainerConfig> = { ...change.config };
     for (const k of Object.keys(state.config) as Array<keyof ContainerConfig>) if (!(k in change.config)) config[k] = undefined;
-    if (state.image) return this.#s.images.derive(state.image, { ...(change.layer ? { layer: change.layer } : {}), config, history });
+    if (state.image) return this.#s.images.derive(state.image, { ...(change.layer ? { layer: change.layer } : {}), config, history, intermediate: true });
     const doc: ImageConfig = {
       created: this.#created,
       architecture: state.architecture,
@@ -584,7 +586,7 @@ class BuildRun {
       history: [],
     };
     const entry: HistoryEntry = { created: this.#created, created_by: change.createdBy, ...(change.author ? { author: change.author } : {}), ...(change.layer ? {} : { empty_layer: true }) };
-    return this.#s.images.commit(doc, [], { ...(change.layer ? { layer: change.layer } : {}), history: entry });
+    return this.#s.images.commit(doc, [], { ...(change.layer ? { layer: change.layer } : {}), history: entry }, undefined, { intermediate: true });
   }
 
   // ------------------------------------------------------------------ RUN

@@ -26,6 +26,15 @@ import { type HistoryInput, Image } from './image';
 import { Layer } from './layer';
 import type { Snapshotter } from './snapshots';
 
+/** Marks an untagged image a build made for one of its steps (hidden by {@link ImageService.list}; like Docker's intermediate images). */
+export const ANNOTATION_INTERMEDIATE = 'org.nacelle.image.intermediate';
+
+/** What {@link ImageService.list} takes. */
+export interface ListImagesOptions {
+  /** Also the untagged images builds made for their steps (`docker images -a`). Default false. */
+  all?: boolean;
+}
+
 /** What {@link ImageService.fromDirectory} takes. */
 export interface FromDirectoryOptions {
   /** Tag the new image gets, e.g. `app:dev` (normalized like Docker: docker.io/library/app:dev). */
@@ -141,11 +150,15 @@ export class ImageService {
     throw new NotFoundError(`no image ${parsed.toString()} in ${this.store.root}`);
   }
 
-  /** Every image in the store (tagged or not), once each. */
-  async list(): Promise<Image[]> {
+  /**
+   * Every image in the store, tagged or not, once each; without `all`, not
+   * the intermediate images of build steps (as `docker images`).
+   */
+  async list(options: ListImagesOptions = {}): Promise<Image[]> {
     const index = await this.store.readIndex();
     const tags = new Map<Digest, string[]>();
     for (const d of index.manifests) {
+      if (!options.all && d.annotations?.[ANNOTATION_INTERMEDIATE] === 'true') continue;
       const list = tags.get(d.digest) ?? [];
       const name = d.annotations?.[ANNOTATION_CONTAINERD_IMAGE_NAME];
       if (name) list.push(name);
@@ -215,14 +228,16 @@ export class ImageService {
   /** @internal A new image derived from `base` by a layer or a config change. */
   async derive(
     base: Image,
-    change: { layer?: Layer; config?: Partial<ContainerConfig>; history: HistoryInput },
+    change: { layer?: Layer; config?: Partial<ContainerConfig>; history: HistoryInput; intermediate?: boolean },
   ): Promise<Image> {
     const doc = structuredClone(base.configDocument);
     const created = change.history.created ?? new Date().toISOString();
     doc.created = created;
     if (change.config) doc.config = { ...(doc.config ?? {}), ...change.config };
     const entry = historyEntry({ ...change.history, created }, !change.layer);
-    return this.commit(doc, [...base.manifest.layers], { ...(change.layer ? { layer: change.layer } : {}), history: entry });
+    return this.commit(doc, [...base.manifest.layers], { ...(change.layer ? { layer: change.layer } : {}), history: entry }, undefined, {
+      intermediate: change.intermediate ?? false,
+    });
   }
 
   /** Stores layer, config and manifest, and records the image (tagged or not). */
@@ -231,6 +246,7 @@ export class ImageService {
     layers: Descriptor[],
     add: { layer?: Layer; history: HistoryEntry },
     tag?: ImageReference,
+    options: { intermediate?: boolean } = {},
   ): Promise<Image> {
     return this.store.gcLock.with('shared', async () => {
       const doc: ImageConfig = { ...config, rootfs: { type: 'layers', diff_ids: [...config.rootfs.diff_ids] } };
@@ -251,13 +267,17 @@ export class ImageService {
       };
       const manifestBytes = Buffer.from(JSON.stringify(manifest));
       const stored = await this.store.writeBlob(manifestBytes, { digest: digestOf(manifestBytes) });
-      await this.record(stored.digest, manifest, tag, stored.size);
+      await this.record(stored.digest, manifest, tag, stored.size, options);
       return this.load(stored.digest);
     });
   }
 
-  /** Records a manifest in index.json, with a tag or as an untagged image. @internal */
-  async record(digest: Digest, manifest: ImageManifest, tag?: ImageReference, size?: number): Promise<void> {
+  /**
+   * Records a manifest in index.json, with a tag or as an untagged image
+   * (`intermediate`: a build step's, hidden from {@link ImageService.list};
+   * recording it again without the flag makes it an ordinary image). @internal
+   */
+  async record(digest: Digest, manifest: ImageManifest, tag?: ImageReference, size?: number, options: { intermediate?: boolean } = {}): Promise<void> {
     const bytes = size ?? (await this.store.size(digest)) ?? Buffer.byteLength(JSON.stringify(manifest));
     const descriptor: Descriptor = { mediaType: manifest.mediaType ?? MEDIA_TYPE_OCI_MANIFEST, digest, size: bytes };
     await this.store.updateIndex((manifests) => {
@@ -272,7 +292,10 @@ export class ImageService {
           annotations: { [ANNOTATION_CONTAINERD_IMAGE_NAME]: name, [ANNOTATION_REF_NAME]: tag.tag ?? 'latest' },
         });
       } else if (!next.some((d) => d.digest === digest)) {
-        next = [...next, descriptor];
+        next = [...next, options.intermediate ? { ...descriptor, annotations: { [ANNOTATION_INTERMEDIATE]: 'true' } } : descriptor];
+      } else if (!options.intermediate) {
+        // kept for its own sake now: no longer a build step's
+        next = next.map((d) => (d.digest === digest && d.annotations?.[ANNOTATION_INTERMEDIATE] === 'true' ? untaggedRecord(d) : d));
       }
       return { manifests: next, result: undefined };
     });

@@ -133,6 +133,22 @@ describeRoot('rt.images.build', () => {
     expect(fresh.steps.slice(1).every((s) => s.status === 'built')).toBe(true);
   }, 120_000);
 
+  it("lists the build's result but not its steps' intermediate images (as docker images; all: true shows them)", async () => {
+    const ctx = context({ Dockerfile: 'FROM busybox:test\nENV A=1\nRUN echo hi > /hi\nLABEL x=y\n' });
+    const before = new Set((await rt.images.list()).map((i) => i.digest));
+    const tagged = await build(ctx, { tag: 'listed:1' });
+    const untaggedCtx = context({ Dockerfile: 'FROM busybox:test\nENV B=2\nLABEL z=w\n' });
+    const untagged = await build(untaggedCtx);
+    const added = (await rt.images.list()).map((i) => i.digest).filter((d) => !before.has(d));
+    expect(added.sort()).toEqual([tagged.image.digest, untagged.image.digest].sort());
+    const all = (await rt.images.list({ all: true })).map((i) => i.digest);
+    const steps = [...tagged.steps, ...untagged.steps].map((s) => s.image).filter((d) => d !== tagged.image.digest && d !== untagged.image.digest && d !== base.digest);
+    expect(steps.length).toBeGreaterThan(0);
+    for (const d of steps) expect(all).toContain(d);
+    // a step's image is still there for the cache and by digest
+    expect((await rt.images.get(steps[0]!)).digest).toBe(steps[0]);
+  });
+
   it('passes build args, scopes ARGs per stage and keys RUN steps on their values', async () => {
     const ctx = context({
       Dockerfile: [
