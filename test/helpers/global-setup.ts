@@ -19,7 +19,7 @@ function leftoverMounts(): string[] {
     .filter((line) => line.split(' ')[4]?.startsWith(prefix));
 }
 
-/** Cgroups under `<own>/nacelle` in any hierarchy (the suite's containers and test cgroups). */
+/** `<own>/nacelle` and the cgroups under it, in any hierarchy (the suite's containers and test cgroups). */
 function leftoverCgroups(): string[] {
   if (process.geteuid?.() !== 0) return [];
   const host = detectCgroups();
@@ -30,6 +30,7 @@ function leftoverCgroups(): string[] {
     if (own === undefined) continue;
     const parent = join(own, CGROUP_PARENT);
     if (!existsSync(parent)) continue;
+    found.add(parent); // even empty: every process that used it removes it as it exits
     for (const e of readdirSync(parent, { withFileTypes: true })) if (e.isDirectory()) found.add(join(parent, e.name));
   }
   return [...found];

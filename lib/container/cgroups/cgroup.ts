@@ -538,7 +538,9 @@ export class Cgroup {
         }
       }
     }
-    // (the nacelle/ parents stay for the next container: see removeEmptyCgroupParents)
+    // (the nacelle/ parents stay for the next container: see removeEmptyCgroupParents;
+    // this process removes them when it exits, if empty, also when another made them)
+    for (const dir of this.#dirs()) cleanAtExit(join(dir, '..'));
     this.#destroyed = true;
   }
 }
@@ -560,16 +562,24 @@ function wantedV2(h: Hierarchy, host: CgroupHost): readonly string[] {
 }
 let exitHookInstalled = false;
 
-function rememberParent(parent: string, failures: Map<string, string>): void {
-  readyParents.set(parent, failures);
+/** nacelle/ parents to remove, when empty, as this process exits. */
+const exitCleanup = new Set<string>();
+
+function rememberParent(key: string, failures: Map<string, string>): void {
+  readyParents.set(key, failures);
+  cleanAtExit(key.slice(0, key.indexOf('\0')));
+}
+
+function cleanAtExit(parent: string): void {
+  exitCleanup.add(parent);
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   // Leave no empty nacelle/ behind: removed when this process exits (rmdir
   // fails harmlessly while another process's container is still in one).
   process.on('exit', () => {
-    for (const key of readyParents.keys()) {
+    for (const dir of exitCleanup) {
       try {
-        rmdirSync(key.slice(0, key.indexOf('\0')));
+        rmdirSync(dir);
       } catch {
         // busy or not empty: someone else's containers live there
       }
