@@ -92,6 +92,6 @@ export { QemuMachine, qemuArgs, defaultCmdline, GUEST_CHANNEL_DEVICE } from './v
 export type { QemuMachineOptions, QemuDisk, QemuMemory, QemuCpuTime } from './vm/qemu';
 export { chooseBackend, findQemu, qemuBinaryName, monitorAvailability, hardwareKvmMissing } from './vm/backend';
 export type { VmBackendName, VmBackendChoice, QemuAccel, BackendSelection } from './vm/backend';
-export { FrameType, FrameDecoder, encodeFrame, encodeStdin, decodeExit, encodeExit, PROTOCOL_VERSION, FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD } from './vm/protocol';
+export { FrameType, FrameDecoder, encodeFrame, encodeStdin, encodeSignal, decodeExit, encodeExit, PROTOCOL_VERSION, FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD } from './vm/protocol';
 export type { Frame, GuestExit, FrameTypeNumber } from './vm/protocol';
 export { writeRootfsArchive } from './vm/guest/initramfs';

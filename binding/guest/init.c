@@ -675,7 +675,13 @@ static int run(struct config *cfg) {
   int in_eof = 0; /* STDIN_EOF seen: close stdin once the buffer is written */
   char rx[NACELLE_FRAME_HEADER + NACELLE_MAX_PAYLOAD];
   size_t rxlen = 0;
-  int read_channel = forward_in;
+  /* The host's frames (stdin, signals) come over a duplex channel: the
+   * virtio port or a socket. A FIFO or a file (the channel when the init runs
+   * as a plain process in a test) would hand back our own frames: read those
+   * only for stdin. */
+  struct stat cst;
+  int duplex = channel_fd >= 0 && fstat(channel_fd, &cst) == 0 && (S_ISCHR(cst.st_mode) || S_ISSOCK(cst.st_mode));
+  int read_channel = forward_in || duplex;
   int main_done = 0, status = 0;
   long drain_deadline = -1;
   static char buf[NACELLE_MAX_PAYLOAD];
@@ -774,6 +780,11 @@ static int run(struct config *cfg) {
             if (inbuf_push(&ib, (const char *)h + NACELLE_FRAME_HEADER, plen) < 0) logmsg("stdin: out of memory, dropping %u bytes", plen);
           } else if (h[0] == NACELLE_FRAME_STDIN_EOF) {
             in_eof = 1;
+          } else if (h[0] == NACELLE_FRAME_SIGNAL && plen == 4) {
+            int32_t sig;
+            memcpy(&sig, h + NACELLE_FRAME_HEADER, sizeof sig);
+            /* to the command itself, as a container runtime signals its process */
+            if (!main_done && sig > 0 && sig < 65 && kill(pid, sig) < 0) logmsg("kill(%d, %d): %s", (int)pid, (int)sig, strerror(errno));
           } else if (h[0] != NACELLE_FRAME_STDIN) {
             logmsg("ignoring host frame type %u", h[0]);
           }

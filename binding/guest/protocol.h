@@ -38,6 +38,7 @@
 /* host -> guest */
 #define NACELLE_FRAME_STDIN 16     /* data for the command's stdin */
 #define NACELLE_FRAME_STDIN_EOF 17 /* empty: close the command's stdin */
+#define NACELLE_FRAME_SIGNAL 18    /* i32le signal number: sent to the command's process (stop, kill) */
 
 /* Exit codes when the command could not be started, as container runtimes use them. */
 #define NACELLE_EXIT_NOT_FOUND 127 /* ENOENT, ENOTDIR */

@@ -19,7 +19,7 @@ export const FRAME_HEADER_BYTES = 5;
 /** Largest payload the host sends in one frame (the guest init never sends more than this either). */
 export const MAX_FRAME_PAYLOAD = 65536;
 
-/** Frame types. Guest→host: 1–5; host→guest: 16, 17. */
+/** Frame types. Guest→host: 1–5; host→guest: 16–18. */
 export const FrameType = {
   /** Guest→host: bytes the command wrote to stdout. */
   STDOUT: 1,
@@ -35,6 +35,8 @@ export const FrameType = {
   STDIN: 16,
   /** Host→guest: empty; close the command's stdin. */
   STDIN_EOF: 17,
+  /** Host→guest: `i32le` signal number, sent to the command's process (`stop`, `kill`). */
+  SIGNAL: 18,
 } as const;
 
 /** One of the {@link FrameType} numbers. */
@@ -63,6 +65,13 @@ export function encodeFrame(type: number, payload: Buffer = Buffer.alloc(0)): Bu
   header.writeUInt8(type, 0);
   header.writeUInt32LE(payload.length, 1);
   return Buffer.concat([header, payload]);
+}
+
+/** A SIGNAL frame: the guest init sends `signal` to the command. */
+export function encodeSignal(signal: number): Buffer {
+  const payload = Buffer.alloc(4);
+  payload.writeInt32LE(signal, 0);
+  return encodeFrame(FrameType.SIGNAL, payload);
 }
 
 /** STDIN frames for `data`, split so no payload exceeds {@link MAX_FRAME_PAYLOAD}. */

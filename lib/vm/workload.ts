@@ -11,7 +11,7 @@ import { ConflictError, NacelleError, StateError, TimeoutError } from '../errors
 import { signalNumber } from '../process/spawn';
 import { diskUsage } from '../store/du';
 import type { QemuAccel, VmBackendName } from './backend';
-import { FrameDecoder, FrameType, decodeExit, encodeFrame, encodeStdin } from './protocol';
+import { FrameDecoder, FrameType, decodeExit, encodeFrame, encodeSignal, encodeStdin } from './protocol';
 import type { QemuMachine, QemuMemory } from './qemu';
 
 /** Why a VM workload ended. */
@@ -417,23 +417,32 @@ export class VmWorkload {
    */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     if (this.#status === 'exited') throw new StateError(`cannot kill vm ${this.id.slice(0, 12)}: it has exited`);
-    signalNumber(signal);
+    const num = signalNumber(signal);
+    if (signal !== 'SIGKILL' && this.#status === 'running' && !this.#guestExit) {
+      // to the command, as a container's process gets it: its handlers run, and its exit is reported
+      this.#send(encodeSignal(num));
+      return;
+    }
     this.#endBy('killed', undefined, signal);
   }
 
   /**
-   * Stops the VM: SIGTERM to its process (qemu shuts down at once), then
-   * SIGKILL after `timeout` seconds (default 10). The protocol has no frame to
-   * signal the guest's command, so its own handlers do not run.
+   * Stops the command as a container is stopped: SIGTERM to it (its handlers
+   * run; the VM powers off once it exits), then, after `timeout` seconds
+   * (default 10), SIGKILL to the VM. A VM still booting is ended at once.
    */
   async stop(options: { timeout?: number } = {}): Promise<VmExit> {
     if (this.#status === 'exited') throw new StateError(`cannot stop vm ${this.id.slice(0, 12)}: it has exited`);
-    this.#endBy('stopped', undefined, 'SIGTERM');
+    if (this.#status !== 'running' || this.#guestExit) {
+      this.#endBy('stopped', undefined, 'SIGTERM');
+    } else {
+      this.#send(encodeSignal(signalNumber('SIGTERM')));
+    }
     try {
       return await this.wait({ timeoutMs: (options.timeout ?? 10) * 1000 });
     } catch (err) {
       if (!(err instanceof TimeoutError) || err instanceof VmTimeoutError) throw err;
-      this.#machine.kill('SIGKILL');
+      this.#endBy('stopped', undefined, 'SIGKILL');
       return this.wait();
     }
   }

@@ -208,14 +208,39 @@ describeRoot('rt.vms (qemu backend)', () => {
   );
 
   it(
-    'stop() ends a running VM (SIGTERM to the VM process) and reports it',
+    "stop() and kill(signal) reach the guest's command as they reach a container's: its handlers run, its exit is reported",
     async () => {
-      const vm = await rt.vms.run(img, { cmd: ['sh', '-c', 'echo up; exec sleep 1000'], ...kernelArgs });
+      const cmd = ['sh', '-c', 'trap "echo bye; exit 3" TERM; trap "echo usr1" USR1; echo up; while :; do sleep 0.1; done'];
+      const vm = await rt.vms.run(img, { cmd, ...kernelArgs });
       vms.push(vm);
+      const out = text(vm.stdout);
       expect(await firstOutput(vm)).toBe('up\n');
-      expect(await vm.stop({ timeout: 5 })).toEqual({ exitCode: 143, signal: 'SIGTERM', reason: 'stopped' });
+      await vm.kill('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await vm.stop({ timeout: 10 })).toEqual({ exitCode: 3, signal: null, reason: 'exited' });
+      expect(await out).toBe('up\nusr1\nbye\n');
+      const c = await rt.containers.run(img, { cmd });
+      const cout = text(c.stdout);
+      await new Promise((r) => setTimeout(r, 300));
+      await c.kill('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(await c.stop({ timeout: 10 })).toMatchObject({ exitCode: 3 });
+      expect(await cout).toBe('up\nusr1\nbye\n');
       await expect(vm.kill()).rejects.toThrow(/has exited/);
       expect(existsSync(vm.dir)).toBe(false);
+    },
+    VM_TEST_MS,
+  );
+
+  it(
+    'stop() of a command that ignores SIGTERM ends the VM after the timeout',
+    async () => {
+      const vm = await rt.vms.run(img, { cmd: ['sh', '-c', 'trap "" TERM; echo up; while :; do sleep 0.1; done'], ...kernelArgs });
+      vms.push(vm);
+      expect(await firstOutput(vm)).toBe('up\n');
+      const t = Date.now();
+      expect(await vm.stop({ timeout: 1 })).toEqual({ exitCode: 137, signal: 'SIGKILL', reason: 'stopped' });
+      expect(Date.now() - t).toBeGreaterThanOrEqual(900);
     },
     VM_TEST_MS,
   );
