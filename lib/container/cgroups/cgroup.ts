@@ -248,7 +248,7 @@ export class Cgroup {
     for (const [i, h] of hierarchies.entries()) {
       for (const [c, why] of readyParents.get(keys[i]!) ?? []) failures.set(c, why);
       for (const key of h.keys) paths.set(key, dirs[i]!);
-      if (h.keys.includes('cpuset')) await inheritCpusetV1(parents[i]!, dirs[i]!);
+      if (h.keys.includes('cpuset') && !cpusetCloned.has(parents[i]!)) await inheritCpusetV1(parents[i]!, dirs[i]!);
     }
     return true;
   }
@@ -272,7 +272,14 @@ export class Cgroup {
           const usable = wanted.filter((c) => !failures.has(c));
           for (const [c, why] of await enableControllers(parent, usable)) failures.set(c, why);
         }
-        if (h.keys.includes('cpuset')) await inheritCpusetV1(h.ownDir, parent);
+        if (h.keys.includes('cpuset')) {
+          await inheritCpusetV1(h.ownDir, parent);
+          // children then start with the parent's cpus and mems, no per-container copy
+          await writeCgroupFile(join(parent, 'cgroup.clone_children'), '1').then(
+            () => cpusetCloned.add(parent),
+            () => cpusetCloned.delete(parent),
+          );
+        }
       } else {
         for (const [c, why] of readyParents.get(key)!) failures.set(c, why);
       }
@@ -288,7 +295,7 @@ export class Cgroup {
       }
       created.push(dir);
       if (fresh) rememberParent(key, wanted.length > 0 ? new Map([...failures].filter(([c]) => (wanted as readonly string[]).includes(c))) : new Map());
-      if (h.keys.includes('cpuset')) await inheritCpusetV1(parent, dir);
+      if (h.keys.includes('cpuset') && !cpusetCloned.has(parent)) await inheritCpusetV1(parent, dir);
       return dir;
     }
   }
@@ -562,6 +569,9 @@ function wantedV2(h: Hierarchy, host: CgroupHost): readonly string[] {
 }
 let exitHookInstalled = false;
 
+/** v1 cpuset parents with cgroup.clone_children set (new children inherit cpus and mems). */
+const cpusetCloned = new Set<string>();
+
 /** nacelle/ parents to remove, when empty, as this process exits. */
 const exitCleanup = new Set<string>();
 
@@ -598,6 +608,7 @@ export async function removeEmptyCgroupParents(options: CgroupOptions = {}): Pro
   for (const h of hierarchiesOf(host)) {
     const parent = join(h.ownDir, CGROUP_PARENT);
     for (const key of [...readyParents.keys()]) if (key.startsWith(`${parent}\0`)) readyParents.delete(key);
+    cpusetCloned.delete(parent);
     try {
       await rmdir(parent);
       removed.push(parent);

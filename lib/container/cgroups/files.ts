@@ -4,6 +4,7 @@
  * @module
  * @internal
  */
+import { readFileSync } from 'node:fs';
 import { access, open, readFile } from 'node:fs/promises';
 import { SystemCallError } from '../../errors';
 
@@ -67,6 +68,19 @@ export async function readCgroupFile(path: string): Promise<string> {
 export async function readOptional(path: string): Promise<string | null> {
   try {
     return (await readFile(path, 'utf8')).trim();
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return null;
+    throw wrapFsError(err, 'read', path);
+  }
+}
+
+/**
+ * {@link readOptional}, synchronously: for the one small file read on a
+ * container's exit path, where a thread-pool round trip costs more than the read.
+ */
+export function readOptionalSync(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8').trim();
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return null;
     throw wrapFsError(err, 'read', path);

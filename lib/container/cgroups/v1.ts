@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { TimeoutError } from '../../errors';
-import { parseKeyed, parseNumber, readCgroupFile, readOptional, sleep, writeCgroupFile } from './files';
+import { parseKeyed, parseNumber, readCgroupFile, readOptional, readOptionalSync, sleep, writeCgroupFile } from './files';
 import type { CgroupCpuStats, CgroupLimits, CgroupMemoryStats } from './limits';
 
 /** v1 reports "no limit" as the largest page-aligned long; anything this big is unlimited. */
@@ -80,7 +80,7 @@ export async function readMemoryV1(dir: string): Promise<CgroupMemoryStats> {
 
 /** The OOM kill count from memory.oom_control (kernel 4.13+). */
 export async function readOomKillsV1(dir: string): Promise<number> {
-  return parseKeyed(await readOptional(join(dir, 'memory.oom_control'))).get('oom_kill') ?? 0;
+  return parseKeyed(readOptionalSync(join(dir, 'memory.oom_control'))).get('oom_kill') ?? 0;
 }
 
 /** cpuacct.usage (ns) and cpuacct.stat (USER_HZ ticks). */

@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { InvalidArgumentError, TimeoutError } from '../../errors';
-import { isErrno, parseKeyed, parseNumber, readCgroupFile, readOptional, sleep, writeCgroupFile } from './files';
+import { isErrno, parseKeyed, parseNumber, readCgroupFile, readOptional, readOptionalSync, sleep, writeCgroupFile } from './files';
 import { type CgroupCpuStats, type CgroupLimits, type CgroupMemoryStats, sharesToWeight } from './limits';
 
 /** The controllers nacelle uses in the v2 hierarchy. */
@@ -103,7 +103,7 @@ export async function readMemoryV2(dir: string): Promise<CgroupMemoryStats> {
 
 /** The oom_kill count of memory.events. */
 export async function readOomKillsV2(dir: string): Promise<number> {
-  return parseKeyed(await readOptional(join(dir, 'memory.events'))).get('oom_kill') ?? 0;
+  return parseKeyed(readOptionalSync(join(dir, 'memory.events'))).get('oom_kill') ?? 0;
 }
 
 /** cpu.stat usage_usec, user_usec and system_usec, in ns (present without the cpu controller too). */
