@@ -13,7 +13,19 @@
         "binding/pty.c",
         "binding/bpf.c",
         "binding/monitor/wait.c",
-        "binding/kvm/probe.c"
+        "binding/kvm/probe.c",
+        "binding/kvm/vm.c",
+        "binding/kvm/vcpu.c",
+        "binding/kvm/boot.c",
+        "binding/kvm/acpi.c",
+        "binding/kvm/serial.c",
+        "binding/kvm/i8042.c",
+        "binding/kvm/snapshot.c",
+        "binding/kvm/napi.c",
+        "binding/kvm/virtq.c",
+        "binding/kvm/virtio_mmio.c",
+        "binding/kvm/blk.c",
+        "binding/kvm/console.c"
       ],
       "defines": [
         "_GNU_SOURCE",

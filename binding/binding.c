@@ -972,6 +972,8 @@ static napi_value make_constants(napi_env env) {
   return c;
 }
 
+bool nacelle_kvm_register(napi_env env, napi_value exports); /* kvm/napi.c */
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
       {"spawn", NULL, Spawn, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -999,6 +1001,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"resizePty", NULL, ResizePty, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
+  if (!nacelle_kvm_register(env, exports)) return NULL;
   napi_value constants = make_constants(env);
   if (!constants) return NULL;
   NAPI_CALL(env, napi_set_named_property(env, exports, "constants", constants));

@@ -27,10 +27,21 @@ void nacelle_throw_last(napi_env env, napi_status status) {
   }
 }
 
+/* The errno's name; glibc's for the few libuv does not know (ENOEXEC). */
+const char *nacelle_errno_name(int err) {
+  if (err < 0) err = -err;
+  const char *name = uv_err_name(-err);
+  if (strncmp(name, "Unknown", 7) == 0) {
+    const char *g = strerrorname_np(err);
+    if (g) return g;
+  }
+  return name;
+}
+
 napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const char *path) {
   if (err < 0) err = -err;
-  const char *code = uv_err_name(-err);
-  const char *desc = uv_strerror(-err);
+  const char *code = nacelle_errno_name(err);
+  const char *desc = strncmp(uv_strerror(-err), "Unknown", 7) == 0 ? strerror(err) : uv_strerror(-err);
   char msg[1024];
   if (path)
     snprintf(msg, sizeof msg, "%s: %s, %s '%s'", code, desc, syscall, path);

@@ -40,6 +40,7 @@
   }
 
 /* errors.c */
+const char *nacelle_errno_name(int err);
 void nacelle_throw_last(napi_env env, napi_status status);
 napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const char *path);
 void nacelle_throw_errno(napi_env env, int err, const char *syscall, const char *path);

@@ -95,3 +95,15 @@ export type { VmBackendName, VmBackendChoice, QemuAccel, BackendSelection } from
 export { FrameType, FrameDecoder, encodeFrame, encodeStdin, encodeSignal, decodeExit, encodeExit, PROTOCOL_VERSION, FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD } from './vm/protocol';
 export type { Frame, GuestExit, FrameTypeNumber } from './vm/protocol';
 export { writeRootfsArchive } from './vm/guest/initramfs';
+export { VirtualMachine, removeVmSnapshot, VM_MEMORY_MIN_MIB, VM_MEMORY_MAX_MIB } from './vm/machine';
+export type {
+  VirtualMachineOptions,
+  VirtualMachineExit,
+  VirtualMachineEndReason,
+  VirtualMachineState,
+  VirtualMachineStats,
+  VmDiskOptions,
+  StopVmOptions,
+  RestoreVmOptions,
+} from './vm/machine';
+export { extractVmlinux, vmlinuxFromBzImage, decodeLz4Legacy } from './vm/guest/vmlinux';

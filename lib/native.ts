@@ -108,6 +108,50 @@ export interface NativeKvmProbe {
   immediateExit: boolean;
 }
 
+/** An opaque handle on a VM of the built-in monitor (binding/kvm). */
+export interface NativeVmHandle {
+  readonly __nativeVm: unique symbol;
+}
+
+/** What `kvmCreate` takes: a fresh boot, or a snapshot directory to restore. */
+export interface NativeVmConfig {
+  kernel?: string;
+  initrd?: string | null;
+  cmdline?: string;
+  restoreDir?: string;
+  cpus: number;
+  memoryMiB: number;
+  disks?: { path: string; readonly?: boolean; id?: string | null }[];
+  channel?: boolean;
+}
+
+/** What `kvmCreate` resolves with; the fds are socketpair ends JS owns. */
+export interface NativeVmCreated {
+  handle: NativeVmHandle;
+  consoleFd: number;
+  /** -1 without a channel. */
+  channelFd: number;
+  cpus: number;
+  memoryMiB: number;
+}
+
+/** How a VM ended, as the last vCPU thread saw it. */
+export interface NativeVmExit {
+  reason: 'poweroff' | 'reset' | 'crash' | 'killed';
+  detail: string;
+}
+
+/** `kvmStats`. */
+export interface NativeVmStats {
+  state: 'created' | 'running' | 'paused' | 'exited';
+  exits: Record<string, number>;
+  vcpus: { exits: number }[];
+  memoryBytes: number;
+  residentBytes: number;
+  deviceErrors: number;
+  lastDeviceError?: string;
+}
+
 /** Numeric constants exported by the addon (CLONE_*, MS_*, MNT_*, SPAWN_OP_*). */
 export interface NativeConstants {
   readonly CLONE_NEWNS: number;
@@ -192,6 +236,22 @@ export interface NativeBinding {
   setns(fd: number, nstype: number): void;
   sethostname(name: string): void;
   kvmProbe(device: string): NativeKvmProbe;
+  /** Creates a VM (kernel loaded, or state restored) on the pool; onExit is called once when it ends. */
+  kvmCreate(config: NativeVmConfig, onExit: (exit: NativeVmExit) => void): Promise<NativeVmCreated>;
+  /** With paused, the vCPUs park before their first instruction. */
+  kvmStart(handle: NativeVmHandle, paused?: boolean): void;
+  /** Resolves when every vCPU is parked outside KVM_RUN. */
+  kvmPause(handle: NativeVmHandle): Promise<void>;
+  kvmResume(handle: NativeVmHandle): void;
+  /** Ends the VM with 'killed'; onExit follows. */
+  kvmKill(handle: NativeVmHandle): void;
+  /** Types Ctrl-Alt-Del on the i8042 keyboard. */
+  kvmCtrlAltDel(handle: NativeVmHandle): void;
+  kvmStats(handle: NativeVmHandle): NativeVmStats;
+  /** Writes vm.state and memory into dir (the VM must be paused). */
+  kvmSnapshot(handle: NativeVmHandle, dir: string): Promise<void>;
+  /** Kills if needed, joins the threads and frees everything. */
+  kvmDestroy(handle: NativeVmHandle): Promise<void>;
   /** Loads a BPF_PROG_TYPE_CGROUP_DEVICE program (8-byte instructions); an error carries `verifierLog`. */
   bpfLoadDeviceFilter(insns: Buffer): number;
   /** Attaches a device program to a cgroup v2 directory (BPF_F_ALLOW_MULTI). */

@@ -7,6 +7,7 @@ import { accessSync, constants, existsSync } from 'node:fs';
 import { arch } from 'node:os';
 import { delimiter, isAbsolute, join } from 'node:path';
 import { NotFoundError, UnsupportedError } from '../errors';
+import { native } from '../native';
 import { type KvmProbe, probeKvm } from './kvm';
 
 /** A backend a VM can run on. */
@@ -31,8 +32,8 @@ export interface BackendSelection {
 }
 
 /**
- * Whether the built-in KVM monitor (binding/kvm) is part of this build, and
- * why not. It is not yet: until it is, `backend: 'kvm'` is refused.
+ * Whether the built-in KVM monitor (binding/kvm) is part of the loaded addon,
+ * and why not.
  */
 export function monitorAvailability(): {
   /** Whether `backend: 'kvm'` can run workloads. */
@@ -40,7 +41,12 @@ export function monitorAvailability(): {
   /** Why not, when it cannot. */
   reason?: string;
 } {
-  return { available: false, reason: 'the built-in KVM monitor is not part of this build of nacelle yet' };
+  try {
+    if (typeof native().kvmCreate === 'function') return { available: true };
+    return { available: false, reason: 'the loaded nacelle addon was built without the KVM monitor' };
+  } catch (err) {
+    return { available: false, reason: `the nacelle addon does not load (${(err as Error).message})` };
+  }
 }
 
 /** Why hardware KVM cannot be used here, or null when it can. */
@@ -66,10 +72,12 @@ export function hardwareKvmMissing(probe: KvmProbe): string | null {
 export function chooseBackend(choice: VmBackendChoice = 'auto', probe: KvmProbe = probeKvm()): BackendSelection {
   const monitor = monitorAvailability();
   const noHardware = hardwareKvmMissing(probe);
+  // qemu uses KVM only on hardware virtualization: under PVM an ordinary guest
+  // kernel dies on its first instruction KVM's emulator lacks, so TCG it is.
   const qemuAccel = (): { accel: QemuAccel; why: string } =>
-    probe.available
-      ? { accel: 'kvm', why: `${probe.device} is usable, so qemu runs guests on KVM` }
-      : { accel: 'tcg', why: `${probe.device} is not usable (${probe.errorCode ?? probe.reason ?? 'unavailable'}), so qemu emulates the CPU with TCG` };
+    noHardware === null
+      ? { accel: 'kvm', why: `${probe.device} has hardware virtualization, so qemu runs guests on KVM` }
+      : { accel: 'tcg', why: `${noHardware}, so qemu emulates the CPU with TCG` };
   switch (choice) {
     case 'kvm': {
       if (!monitor.available) {

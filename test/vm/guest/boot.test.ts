@@ -13,6 +13,8 @@ import { writeBusyboxRootfs } from '../../../lib/image/busybox';
 import { buildDiskBoot } from '../../../lib/vm/guest/disk';
 import { type GuestConfig, buildInitramfs } from '../../../lib/vm/guest/initramfs';
 import { FrameDecoder, FrameType, decodeExit } from '../../../lib/vm/protocol';
+import { hardwareKvmMissing } from '../../../lib/vm/backend';
+import { probeKvm } from '../../../lib/vm/kvm';
 import { makeTempDir, removeTempDir } from '../../helpers/tmp';
 import { type KernelFixture, initFixture, kernelFixture } from './fixtures';
 
@@ -29,7 +31,7 @@ function tscKhz(): number | undefined {
 /** Boots and returns the console text and the channel's decoded frames. */
 async function boot(kernel: string, initrd: string, channelFile: string, disk?: string) {
   const khz = tscKhz();
-  const kvm = existsSync('/dev/kvm');
+  const kvm = hardwareKvmMissing(probeKvm()) === null; // qemu on PVM would die in the emulator
   const args = [
     '-M', 'microvm', '-accel', kvm ? 'kvm' : 'tcg', '-cpu', kvm ? 'host' : 'max', '-m', '256', '-smp', '1',
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',

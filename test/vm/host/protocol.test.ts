@@ -65,21 +65,25 @@ describe('backend choice', () => {
     expect(s.reason).toContain('no hardware KVM: /dev/kvm missing');
   });
 
-  it("'auto' with hardware KVM picks qemu+kvm while the built-in monitor is not built", () => {
+  it("'auto' with hardware KVM picks the built-in monitor", () => {
     const s = chooseBackend('auto', probe({ available: true, errorCode: undefined, reason: undefined, hardware: true, modules: { kvm: true, kvmIntel: true, kvmAmd: false, kvmPvm: false } }));
-    expect(s).toMatchObject({ backend: 'qemu', accel: 'kvm', label: 'qemu+kvm' });
-    expect(s.reason).toContain('monitor is not part of this build');
+    expect(s).toMatchObject({ backend: 'kvm', label: 'kvm monitor' });
+    expect(s.reason).toContain('hardware KVM');
   });
 
-  it('names PVM as not hardware KVM', () => {
+  it('names PVM as not hardware KVM, and runs qemu on TCG there (its guests would die in the emulator)', () => {
     const p = probe({ available: true, errorCode: undefined, hardware: false, modules: { kvm: true, kvmIntel: false, kvmAmd: false, kvmPvm: true } });
     expect(hardwareKvmMissing(p)).toContain('PVM');
-    expect(chooseBackend('auto', p)).toMatchObject({ backend: 'qemu', accel: 'kvm' });
+    const s = chooseBackend('auto', p);
+    expect(s).toMatchObject({ backend: 'qemu', accel: 'tcg' });
+    expect(s.reason).toContain('PVM');
+    expect(chooseBackend('qemu', p)).toMatchObject({ accel: 'tcg' });
+    expect(chooseBackend('kvm', p)).toMatchObject({ backend: 'kvm' });
   });
 
-  it("refuses 'kvm' (the monitor) and unknown names clearly", () => {
+  it("refuses 'kvm' without /dev/kvm, and unknown names, clearly", () => {
     expect(() => chooseBackend('kvm', probe({}))).toThrow(UnsupportedError);
-    expect(() => chooseBackend('kvm', probe({}))).toThrow(/not available: .*not part of this build.*\/dev\/kvm missing/);
+    expect(() => chooseBackend('kvm', probe({}))).toThrow(/needs a usable \/dev\/kvm/);
     expect(() => chooseBackend('xen' as never, probe({}))).toThrow(/unknown VM backend 'xen'/);
   });
 });
