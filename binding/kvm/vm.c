@@ -385,6 +385,44 @@ void vm_irq_raise(struct vm *vm, int gsi) {
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
+struct memslot_job {
+  struct vm *vm;
+  pthread_t thread;
+  int err;
+};
+
+static void *memslot_main(void *arg) {
+  struct memslot_job *j = arg;
+  struct vm *vm = j->vm;
+  struct kvm_userspace_memory_region region = {
+      .slot = 0, .guest_phys_addr = 0, .memory_size = vm->mem.size, .userspace_addr = (uint64_t)(uintptr_t)vm->mem.host};
+  j->err = ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0 ? errno : 0;
+  return NULL;
+}
+
+/* irqfds for the GSIs in use: i8042 (1), COM1 (4) and one per virtio device. */
+static int vm_irqfds(struct vm *vm) {
+  int gsis[2 + KVM_MAX_MMIO_DEVS];
+  int n = 0;
+  gsis[n++] = 1;
+  gsis[n++] = 4;
+  for (int i = 0; i < vm->nvirtio && i < KVM_MAX_MMIO_DEVS; i++) gsis[n++] = GUEST_MMIO_FIRST_IRQ + i;
+  for (int k = 0; k < n; k++) {
+    int gsi = gsis[k];
+    if (gsi >= 24 || vm->irqfds[gsi] >= 0) continue;
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return -errno;
+    struct kvm_irqfd irqfd = {.fd = (uint32_t)fd, .gsi = (uint32_t)gsi};
+    if (ioctl(vm->vm_fd, KVM_IRQFD, &irqfd) < 0) {
+      int e = errno;
+      close(fd);
+      return -e;
+    }
+    vm->irqfds[gsi] = fd;
+  }
+  return 0;
+}
+
 int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t errlen) {
   pthread_once(&kick_once, kick_install);
   if (cfg->ncpus < 1) return -EINVAL;
@@ -404,6 +442,8 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
   vm->ncpus = 0; /* set once the count is checked: vm_destroy walks cpus[0..ncpus) */
   vm->mem.host = MAP_FAILED;
   int e;
+  struct memslot_job slot = {.vm = vm};
+  bool slot_thread = false;
 
   vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (vm->kvm_fd < 0) {
@@ -472,44 +512,25 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
     goto fail;
   }
   madvise(vm->mem.host, vm->mem.size, MADV_DONTFORK);
-  struct kvm_userspace_memory_region region = {
-      .slot = 0, .guest_phys_addr = 0, .memory_size = vm->mem.size, .userspace_addr = (uint64_t)(uintptr_t)vm->mem.host};
-  if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
-    e = errno;
-    set_err(err, errlen, "%s: %s", "KVM_SET_USER_MEMORY_REGION", e);
-    goto fail;
-  }
-
-  for (int gsi = 1; gsi < 24; gsi++) {
-    if (gsi == 2) continue; /* the PIC cascade */
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fd < 0) {
-      e = errno;
-      set_err(err, errlen, "%s: %s", "eventfd", e);
-      goto fail;
-    }
-    struct kvm_irqfd irqfd = {.fd = (uint32_t)fd, .gsi = (uint32_t)gsi};
-    if (ioctl(vm->vm_fd, KVM_IRQFD, &irqfd) < 0) {
-      e = errno;
-      close(fd);
-      set_err(err, errlen, "%s: %s", "KVM_IRQFD", e);
-      goto fail;
-    }
-    vm->irqfds[gsi] = fd;
-  }
+  /*
+   * Registering the memory slot waits for an SRCU grace period (milliseconds,
+   * whatever the size): it runs on a thread of its own while the vCPUs are made.
+   */
+  slot_thread = pthread_create(&slot.thread, NULL, memslot_main, &slot) == 0;
+  if (!slot_thread) memslot_main(&slot);
 
   vm->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
   vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (vm->epoll_fd < 0 || vm->wake_fd < 0) {
     e = errno;
     set_err(err, errlen, "%s: %s", "epoll/eventfd", e);
-    goto fail;
+    goto fail_slot;
   }
   struct epoll_event wev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
   if (epoll_ctl(vm->epoll_fd, EPOLL_CTL_ADD, vm->wake_fd, &wev) < 0) {
     e = errno;
     set_err(err, errlen, "%s: %s", "epoll_ctl", e);
-    goto fail;
+    goto fail_slot;
   }
 
   int run_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
@@ -544,15 +565,26 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
       goto fail;
     }
   }
+  if (slot_thread) pthread_join(slot.thread, NULL);
+  slot_thread = false;
+  if (slot.err) {
+    e = slot.err;
+    set_err(err, errlen, "%s: %s", "KVM_SET_USER_MEMORY_REGION", e);
+    goto fail;
+  }
   vm->state = VM_CREATED;
   *out = vm;
   return 0;
+fail_slot:
 fail:
+  if (slot_thread) pthread_join(slot.thread, NULL);
   vm_destroy(vm);
   return -e;
 }
 
 int vm_start(struct vm *vm) {
+  int ir = vm_irqfds(vm);
+  if (ir < 0) return ir;
   pthread_mutex_lock(&vm->lock);
   if (vm->state != VM_CREATED) {
     pthread_mutex_unlock(&vm->lock);
