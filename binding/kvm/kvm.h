@@ -120,6 +120,7 @@ struct vm {
   enum vm_state state;
   bool pause_requested;
   bool stop_requested;
+  bool io_busy; /* the I/O thread is running device callbacks (pause waits for it) */
   int running_vcpus;
   enum vm_exit_reason exit_reason;
   char exit_detail[2048];

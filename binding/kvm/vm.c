@@ -328,8 +328,19 @@ static void *io_main(void *arg) {
       if (errno == EINTR) continue;
       break;
     }
+    /*
+     * Device input writes guest memory and device state (console receive
+     * buffers): none of it may happen while the VM is paused, or a snapshot
+     * would catch a device half-way. Wait here for resume; pause waits for us.
+     */
+    pthread_mutex_lock(&vm->lock);
+    while (vm->pause_requested && !vm->stop_requested) pthread_cond_wait(&vm->cond, &vm->lock);
+    bool stopping = vm->stop_requested;
+    vm->io_busy = !stopping;
+    pthread_mutex_unlock(&vm->lock);
+    if (stopping) return NULL;
     for (int i = 0; i < n; i++) {
-      if (evs[i].data.u32 == UINT32_MAX) return NULL; /* wake_fd: the VM is stopping */
+      if (evs[i].data.u32 == UINT32_MAX) break; /* wake_fd: the VM is stopping */
       uint32_t w = evs[i].data.u32;
       if (w < (uint32_t)vm->nwatch) {
         if (evs[i].events & (EPOLLHUP | EPOLLERR) && !(evs[i].events & EPOLLIN)) {
@@ -339,6 +350,10 @@ static void *io_main(void *arg) {
         vm->watch[w].fn(vm->watch[w].opaque);
       }
     }
+    pthread_mutex_lock(&vm->lock);
+    vm->io_busy = false;
+    pthread_cond_broadcast(&vm->cond);
+    pthread_mutex_unlock(&vm->lock);
   }
   return NULL;
 }
@@ -639,7 +654,7 @@ int vm_pause(struct vm *vm) {
   pthread_mutex_unlock(&vm->lock);
   kick_all(vm);
   pthread_mutex_lock(&vm->lock);
-  while (!all_parked(vm) && !vm->stop_requested) pthread_cond_wait(&vm->cond, &vm->lock);
+  while ((!all_parked(vm) || vm->io_busy) && !vm->stop_requested) pthread_cond_wait(&vm->cond, &vm->lock);
   int r = vm->stop_requested ? -ESRCH : 0;
   if (r == 0) vm->state = VM_PAUSED;
   pthread_mutex_unlock(&vm->lock);

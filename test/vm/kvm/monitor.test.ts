@@ -179,6 +179,19 @@ describeKvm('KVM monitor with freestanding guests', () => {
     expect(out.text).toContain('console got: hello from the host');
   });
 
+  it('holds channel input that arrives while paused until resume (nothing touches a paused guest)', async () => {
+    const { vm, out } = await boot('console', { channel: true });
+    const ch = new Collector(vm.channel!);
+    await ch.until(/ping\n/);
+    await vm.pause();
+    vm.channel!.write('sent while paused\n');
+    await new Promise((r) => setTimeout(r, 150));
+    expect(out.text).not.toContain('console got');
+    vm.resume();
+    await ch.until(/pong sent while paused\n/);
+    expect((await vm.wait(LIMIT_MS)).reason).toBe('poweroff');
+  });
+
   for (const kind of ['loop', 'oob', 'huge', 'qsize', 'index']) {
     it(`survives a guest that writes garbage into a virtqueue (${kind}): device reset, counted, no host harm`, async () => {
       const disk = join(tmp, `badq-${kind}.img`);
