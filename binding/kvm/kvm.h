@@ -189,6 +189,8 @@ int virtio_blk_add(struct vm *vm, int fd, bool readonly, const char *serial_id);
 /* Adds a virtio-console device (one port) whose data goes to and from fd (a socket). */
 int virtio_console_add(struct vm *vm, int fd);
 void virtio_destroy_all(struct vm *vm);
+/* Before the threads start: ioeventfds for QueueNotify, and a look at restored queues. */
+int virtio_start(struct vm *vm);
 /* Snapshot support for every virtio device in order (transport + queue indexes). */
 size_t virtio_state_size(struct vm *vm);
 void virtio_save(struct vm *vm, void *buf);

@@ -168,6 +168,14 @@ struct virtio_dev {
   uint8_t config[VIRTIO_CONFIG_MAX];
   uint32_t config_size;
 
+  /* QueueNotify writes that KVM turns into eventfd signals (KVM_IOEVENTFD), one per queue */
+  struct virtio_notify {
+    struct virtio_dev *d;
+    int qi;
+    int fd; /* -1: none, the MMIO exit path handles the notify */
+  } notify[VIRTIO_MAX_QUEUES];
+  bool restored; /* loaded from a snapshot: its queues are looked at once when the VM starts */
+
   uint64_t errors;     /* atomic: guest misbehaviours detected */
   uint64_t error_seq;  /* atomic: order of the last error among devices */
   char last_error[VIRTIO_ERROR_MAX];

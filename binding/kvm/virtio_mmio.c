@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "virtio.h"
 
@@ -276,6 +279,7 @@ int virtio_dev_add(struct vm *vm, const struct virtio_ops *ops, uint64_t feature
   d->mmio.opaque = d;
   d->mmio.read = mmio_read;
   d->mmio.write = mmio_write;
+  for (int q = 0; q < VIRTIO_MAX_QUEUES; q++) d->notify[q] = (struct virtio_notify){.d = d, .qi = q, .fd = -1};
   int r = pthread_mutex_init(&d->mmio.lock, NULL);
   if (r) {
     free(d);
@@ -297,6 +301,8 @@ void virtio_destroy_all(struct vm *vm) {
     struct virtio_dev *d = vm->virtio[i];
     if (!d) continue;
     if (d->ops->destroy) d->ops->destroy(d);
+    for (int q = 0; q < VIRTIO_MAX_QUEUES; q++)
+      if (d->notify[q].fd >= 0) close(d->notify[q].fd);
     pthread_mutex_destroy(&d->mmio.lock);
     free(d);
     vm->virtio[i] = NULL;
@@ -462,9 +468,76 @@ int virtio_load(struct vm *vm, const void *buf, size_t len) {
     d->broken = s->broken;
     d->driver_features = s->driver_features;
     memcpy(d->vq, s->vq, sizeof d->vq);
+    d->restored = true;
     if (d->ops->loaded) d->ops->loaded(d);
     pthread_mutex_unlock(&d->mmio.lock);
   }
   free(scratch);
+  return 0;
+}
+
+/* ---- notifications through ioeventfd ------------------------------------------------ */
+
+/* On the I/O thread: the guest wrote this queue's index to QueueNotify. */
+static void on_notify(void *opaque) {
+  struct virtio_notify *n = opaque;
+  struct virtio_dev *d = n->d;
+  uint64_t count;
+  ssize_t r = read(n->fd, &count, sizeof count); /* non-blocking: drains the counter */
+  (void)r;
+  pthread_mutex_lock(&d->mmio.lock);
+  if (n->qi < d->ops->nqueues && virtio_dev_queue_live(d, n->qi)) d->ops->notify(d, n->qi);
+  pthread_mutex_unlock(&d->mmio.lock);
+}
+
+/*
+ * Before the VM's threads start: a QueueNotify write becomes an eventfd signal
+ * that KVM raises without leaving the kernel, and the I/O thread does the work,
+ * so the vCPU goes on at once. Where KVM refuses (or for a queue without an
+ * eventfd) the MMIO exit path still handles the write. A device restored from
+ * a snapshot has its queues looked at once, since a notification pending at
+ * the snapshot lived only in an eventfd.
+ */
+int virtio_start(struct vm *vm) {
+  for (int i = 0; i < vm->nvirtio; i++) {
+    struct virtio_dev *d = vm->virtio[i];
+    for (int q = 0; q < d->ops->nqueues && q < VIRTIO_MAX_QUEUES; q++) {
+      struct virtio_notify *n = &d->notify[q];
+      if (n->fd >= 0) continue;
+      int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      if (fd < 0) return -errno;
+      struct kvm_ioeventfd io = {
+          .datamatch = (uint64_t)q,
+          .addr = d->mmio.base + REG_QUEUE_NOTIFY,
+          .len = 4,
+          .fd = fd,
+          .flags = KVM_IOEVENTFD_FLAG_DATAMATCH,
+      };
+      if (ioctl(vm->vm_fd, KVM_IOEVENTFD, &io) < 0) {
+        close(fd); /* the MMIO exit path it is */
+        continue;
+      }
+      if (vm_io_watch(vm, fd, on_notify, n) < 0) {
+        io.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN; /* nobody would read it: give the writes back to the exit path */
+        ioctl(vm->vm_fd, KVM_IOEVENTFD, &io);
+        close(fd);
+        continue;
+      }
+      n->fd = fd;
+    }
+    if (!d->restored) continue;
+    d->restored = false;
+    for (int q = 0; q < d->ops->nqueues && q < VIRTIO_MAX_QUEUES; q++) {
+      if (d->notify[q].fd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(d->notify[q].fd, &one, sizeof one);
+        (void)w;
+      } else {
+        pthread_mutex_lock(&d->mmio.lock);
+        if (virtio_dev_queue_live(d, q)) d->ops->notify(d, q);
+        pthread_mutex_unlock(&d->mmio.lock);
+      }
+    }
+  }
   return 0;
 }

@@ -600,6 +600,8 @@ fail:
 int vm_start(struct vm *vm) {
   int ir = vm_irqfds(vm);
   if (ir < 0) return ir;
+  ir = virtio_start(vm);
+  if (ir < 0) return ir;
   pthread_mutex_lock(&vm->lock);
   if (vm->state != VM_CREATED) {
     pthread_mutex_unlock(&vm->lock);
