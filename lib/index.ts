@@ -107,3 +107,6 @@ export type {
   RestoreVmOptions,
 } from './vm/machine';
 export { extractVmlinux, vmlinuxFromBzImage, decodeLz4Legacy } from './vm/guest/vmlinux';
+export { KvmMachine, kvmCmdline, kvmKernelImage, KVM_GUEST_CHANNEL_DEVICE, KVM_MACHINE_BINARY } from './vm/kvm-machine';
+export type { KvmMachineOptions } from './vm/kvm-machine';
+export type { VmMachine, VmMachineEnd, VmMachineMemory, VmMachineCpuTime } from './vm/machine-types';

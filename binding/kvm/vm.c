@@ -498,6 +498,26 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
     set_err(err, errlen, "%s: %s", "KVM_CREATE_IRQCHIP", e);
     goto fail;
   }
+  /*
+   * The 8259s as a BIOS leaves them: vectors 0x08 and 0x70, every line masked.
+   * KVM's come up at vector 0 and unmasked, so an ISA interrupt would reach a
+   * guest that never programs them (through LINT0's ExtINT) as a CPU exception.
+   */
+  for (uint32_t chip = KVM_IRQCHIP_PIC_MASTER; chip <= KVM_IRQCHIP_PIC_SLAVE; chip++) {
+    struct kvm_irqchip pic = {.chip_id = chip};
+    if (ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &pic) < 0) {
+      e = errno;
+      set_err(err, errlen, "%s: %s", "KVM_GET_IRQCHIP", e);
+      goto fail;
+    }
+    pic.chip.pic.irq_base = chip == KVM_IRQCHIP_PIC_MASTER ? 0x08 : 0x70;
+    pic.chip.pic.imr = 0xff;
+    if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &pic) < 0) {
+      e = errno;
+      set_err(err, errlen, "%s: %s", "KVM_SET_IRQCHIP", e);
+      goto fail;
+    }
+  }
   struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
   if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
     e = errno;

@@ -17,8 +17,9 @@ import { readFile } from 'node:fs/promises';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { InvalidArgumentError } from '../errors';
 import { type ExitStatus, type Process, spawn } from '../process/spawn';
-import { type QemuAccel, findQemu } from './backend';
+import { type QemuAccel, findQemu, hardwareKvmMissing } from './backend';
 import { probeKvm } from './kvm';
+import { type VmMachine, lastLines } from './machine-types';
 
 /** A block device for the guest (virtio-blk on virtio-mmio: `/dev/vda`, `/dev/vdb`, … in order). */
 export interface QemuDisk {
@@ -52,7 +53,7 @@ export interface QemuMachineOptions {
   cpus?: number;
   /** Guest memory in MiB (default 256). */
   memoryMiB?: number;
-  /** `kvm` or `tcg` (default: kvm when /dev/kvm is usable). */
+  /** `kvm` or `tcg` (default: kvm where /dev/kvm is hardware virtualization, tcg otherwise: under PVM a guest on qemu+kvm dies). */
   accel?: QemuAccel;
   /**
    * `pipe` (default): the serial console is readable as {@link QemuMachine.console};
@@ -159,7 +160,7 @@ export function qemuArgs(options: QemuMachineOptions & { accel: QemuAccel }): st
 }
 
 /** A running qemu. Get one from {@link QemuMachine.start}. */
-export class QemuMachine {
+export class QemuMachine implements VmMachine {
   /** The qemu binary. */
   readonly binary: string;
   /** The arguments it was started with. */
@@ -212,7 +213,9 @@ export class QemuMachine {
   /** Starts qemu. Resolves once it has been exec'd (it may still fail and exit at once: see {@link QemuMachine.wait}). */
   static async start(options: QemuMachineOptions): Promise<QemuMachine> {
     const binary = options.qemu ?? findQemu();
-    const accel = options.accel ?? (probeKvm().available ? 'kvm' : 'tcg');
+    // A usable /dev/kvm is not enough: under PVM (kvm_pvm) an ordinary guest
+    // kernel on qemu+kvm dies on the first instruction KVM's emulator lacks.
+    const accel = options.accel ?? (hardwareKvmMissing(probeKvm()) === null ? 'kvm' : 'tcg');
     const args = qemuArgs({ ...options, accel });
     const inherit = options.console === 'inherit';
     const env = Object.entries(process.env)
@@ -252,8 +255,7 @@ export class QemuMachine {
 
   /** The last lines of the console (and qemu's messages), for error reports. */
   consoleTail(lines = 30): string {
-    const text = this.#tail.toString('utf8').replace(/\r\n/g, '\n').replace(/\r/g, '\n');
-    return text.split('\n').filter((l, i, all) => l.length > 0 || i < all.length - 1).slice(-lines).join('\n').trimEnd();
+    return lastLines(this.#tail, lines);
   }
 
   /** Lines qemu itself printed (`qemu-system-x86_64: ...`): why it refused to start, usually. */
@@ -264,6 +266,11 @@ export class QemuMachine {
       .split('\n')
       .filter((l) => l.startsWith(`${name}:`))
       .map((l) => l.trim());
+  }
+
+  /** The same as {@link qemuMessages} (what {@link VmMachine} asks of every machine). */
+  monitorMessages(): string[] {
+    return this.qemuMessages();
   }
 
   /** Resolves with qemu's exit status once it has exited and its console has drained. */

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { type Stats, rmSync } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { InvalidArgumentError, SpawnError, UnsupportedError } from '../errors';
+import { InvalidArgumentError, SpawnError } from '../errors';
 import type { Image } from '../image/image';
 import type { ImageService } from '../image/images';
 import { buildSpec } from '../container/spec';
@@ -16,6 +16,9 @@ import { type VmBackendChoice, chooseBackend, findQemu } from './backend';
 import { buildDiskBoot, writeErofsImage } from './guest/disk';
 import { buildInitramfs } from './guest/initramfs';
 import { findKernel } from './guest/kernel';
+import { KVM_GUEST_CHANNEL_DEVICE, KvmMachine, kvmKernelImage } from './kvm-machine';
+import { VM_MEMORY_MAX_MIB, VM_MEMORY_MIN_MIB } from './machine';
+import type { VmMachine } from './machine-types';
 import { GUEST_CHANNEL_DEVICE, QemuMachine } from './qemu';
 import { VmWorkload } from './workload';
 import { processAlive } from '../process/alive';
@@ -27,13 +30,16 @@ export interface VmRunOptions extends Pick<ContainerOptions, 'cmd' | 'entrypoint
   stdin?: boolean;
   /** Virtual CPUs (default 1). */
   cpus?: number;
-  /** Guest memory in MiB (default 256). */
+  /** Guest memory in MiB (default 256; the built-in monitor takes 8 to 3072). */
   memoryMiB?: number;
   /** A bzImage to boot (default: {@link findKernel}'s search: `$NACELLE_KERNEL`, the host's, the cache). */
   kernel?: string;
   /** The kernel's modules directory (`.../lib/modules/<release>`), with `kernel`. */
   kernelModules?: string;
-  /** `auto` (default), `qemu` or `kvm` (the built-in monitor). */
+  /**
+   * `auto` (default), `qemu` or `kvm` (the built-in monitor: the VM runs on
+   * threads of this process, so {@link VmWorkload.pid} is undefined).
+   */
   backend?: VmBackendChoice;
   /** Kill the VM when its command has not finished this many ms after launch (default: no limit). */
   timeoutMs?: number;
@@ -67,13 +73,21 @@ export interface VmStateFile {
   created: string;
   /** The backend label. */
   backend: string;
-  /** The VM process's pid. */
+  /** The VM process's pid; for the built-in monitor (`kvm`), which runs in the Node process, that process's pid (= parentPid). */
   pid: number;
   /** The Node process that runs it. */
   parentPid: number;
 }
 
 const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
+
+/**
+ * How long a guest on the built-in monitor that reported EXIT gets to end by
+ * itself before it is killed. Short: the exit code is in the EXIT frame, the
+ * rootfs is read-only or in RAM, and a kernel with no ACPI power-off halts
+ * instead of ending the VM.
+ */
+const KVM_POWEROFF_GRACE_MS = 500;
 
 function checkPositive(name: string, value: number | undefined, max: number): void {
   if (value === undefined) return;
@@ -147,14 +161,19 @@ export class VmService {
     return join(this.root, 'initramfs-cache');
   }
 
+  /** Where the built-in monitor's vmlinux files are cached when they cannot be kept beside their bzImage. */
+  get kernelCacheDir(): string {
+    return join(this.root, 'kernel-cache');
+  }
+
   /** VMs started by this process that have not ended. */
   running(): VmWorkload[] {
     return [...this.#live];
   }
 
   /**
-   * Runs an image's command in a new VM and returns once the VM process has
-   * started (the guest boots on; {@link VmWorkload.timings} says when it was
+   * Runs an image's command in a new VM and returns once the VM has started
+   * (qemu's process, or the built-in monitor's vCPUs; the guest boots on; {@link VmWorkload.timings} says when it was
    * ready). The command, env, workdir and user default from the image config
    * exactly as for a container. A command that is not in the image is refused
    * before anything boots, with the {@link SpawnError} a container gives
@@ -167,13 +186,19 @@ export class VmService {
     checkPositive('timeoutMs', options.timeoutMs, 2 ** 31 - 1);
     checkPositive('bootTimeoutMs', options.bootTimeoutMs, 2 ** 31 - 1);
     const selection = chooseBackend(options.backend ?? 'auto');
-    if (selection.backend !== 'qemu') throw new UnsupportedError(`backend ${selection.backend} cannot run workloads yet`);
-    const qemu = findQemu();
+    const kvm = selection.backend === 'kvm';
+    if (kvm && options.memoryMiB !== undefined && (options.memoryMiB < VM_MEMORY_MIN_MIB || options.memoryMiB > VM_MEMORY_MAX_MIB)) {
+      throw new InvalidArgumentError(`memoryMiB must be from ${VM_MEMORY_MIN_MIB} to ${VM_MEMORY_MAX_MIB} on the built-in monitor (backend 'kvm'), got ${options.memoryMiB}`);
+    }
+    const qemu = kvm ? undefined : findQemu(); // the built-in monitor needs no qemu
     const img = await this.images.get(image);
     const kernel = await findKernel({
       ...(options.kernel !== undefined ? { kernel: options.kernel } : {}),
       ...(options.kernelModules !== undefined ? { modulesDir: options.kernelModules } : {}),
     });
+    // The monitor enters Linux through the PVH note of its ELF vmlinux (extracted once, cached).
+    const vmlinux = kvm ? await kvmKernelImage(kernel.kernel, this.kernelCacheDir) : undefined;
+    const channel = kvm ? KVM_GUEST_CHANNEL_DEVICE : GUEST_CHANNEL_DEVICE;
     const id = randomBytes(32).toString('hex');
     const short = id.slice(0, 12);
     const hostname = options.hostname ?? short;
@@ -198,7 +223,7 @@ export class VmService {
     const dir = join(this.root, id);
     await mkdir(this.root, { recursive: true });
     await mkdir(dir, { mode: 0o700 });
-    let machine: QemuMachine | undefined;
+    let machine: VmMachine | undefined;
     try {
       const config = {
         argv: [...proc.args],
@@ -225,7 +250,7 @@ export class VmService {
           disk,
           reuseDisk: true,
           initramfs: join(dir, 'initramfs.cpio.gz'),
-          channel: GUEST_CHANNEL_DEVICE,
+          channel,
         });
         initramfs = { path: boot.initramfs, bytes: boot.initramfsBytes };
         disks = [{ path: boot.disk, readonly: true }];
@@ -235,22 +260,30 @@ export class VmService {
           kernel,
           config,
           out: join(dir, 'initramfs.cpio.gz'),
-          channel: GUEST_CHANNEL_DEVICE,
+          channel,
           cache: { dir: this.cacheDir, key: img.digest },
         });
       }
-      machine = await QemuMachine.start({
-        qemu,
-        kernel: kernel.kernel,
+      const common = {
         initrd: initramfs.path,
         ...(disks.length ? { disks } : {}),
         ...(options.cmdline !== undefined ? { cmdline: options.cmdline } : {}),
         cpus: options.cpus ?? 1,
         memoryMiB,
-        ...(selection.accel ? { accel: selection.accel } : {}),
         channel: true,
-      });
-      const state: VmStateFile = { id, image: img.digest, created: new Date().toISOString(), backend: selection.label, pid: machine.pid, parentPid: process.pid };
+      };
+      machine = kvm
+        ? await KvmMachine.start({ ...common, kernel: vmlinux! })
+        : await QemuMachine.start({ ...common, qemu: qemu!, kernel: kernel.kernel, ...(selection.accel ? { accel: selection.accel } : {}) });
+      // The monitor runs in this process: its "VM process" is this one, and the VM is gone when it is.
+      const state: VmStateFile = {
+        id,
+        image: img.digest,
+        created: new Date().toISOString(),
+        backend: selection.label,
+        pid: machine.pid ?? process.pid,
+        parentPid: process.pid,
+      };
       await writeFile(join(dir, 'state.json'), JSON.stringify(state, null, 2));
       const vm = new VmWorkload({
         id,
@@ -266,6 +299,7 @@ export class VmService {
         stdin: options.stdin ?? false,
         bootTimeoutMs: options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS,
         ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+        ...(kvm ? { poweroffGraceMs: KVM_POWEROFF_GRACE_MS } : {}),
         t0,
         onEnd: (v) => this.#forget(v),
       });
@@ -331,8 +365,9 @@ export class VmService {
   #track(vm: VmWorkload): void {
     this.#live.add(vm);
     if (!this.#exitHook) {
-      // qemu dies with this process (PR_SET_PDEATHSIG); on a normal exit, also
-      // take the VMs' state directories with it.
+      // qemu dies with this process (PR_SET_PDEATHSIG), and the built-in
+      // monitor's VMs are threads of it (no pid here: never signal ourselves);
+      // on a normal exit, also take the VMs' state directories with it.
       this.#exitHook = () => {
         for (const v of this.#live) {
           const pid = v.pid;
@@ -361,6 +396,8 @@ export class VmService {
   /**
    * Removes the state directories of VMs whose process is gone (a Node
    * process that was killed cannot clean up after itself). Returns their ids.
+   * A VM of the built-in monitor records the Node process as its own (pid =
+   * parentPid): it is gone exactly when that process is.
    */
   async prune(): Promise<string[]> {
     const removed: string[] = [];

@@ -12,7 +12,8 @@ import { signalNumber } from '../process/spawn';
 import { diskUsage } from '../store/du';
 import type { QemuAccel, VmBackendName } from './backend';
 import { FrameDecoder, FrameType, decodeExit, encodeFrame, encodeSignal, encodeStdin } from './protocol';
-import type { QemuMachine, QemuMemory } from './qemu';
+import type { VmMachine } from './machine-types';
+import type { QemuMemory } from './qemu';
 
 /** Why a VM workload ended. */
 export type VmExitReason = 'exited' | 'killed' | 'stopped';
@@ -46,7 +47,7 @@ export interface VmTimings {
   endedMs?: number;
 }
 
-/** Resource use of a VM workload (the figures of its qemu process). */
+/** Resource use of a VM workload (the figures of its qemu process, or of its VM on the built-in monitor). */
 export interface VmStats {
   /** The backend. */
   backend: VmBackendName;
@@ -54,15 +55,20 @@ export interface VmStats {
   accel?: QemuAccel;
   /** `qemu+tcg`, `qemu+kvm` or `kvm monitor`. */
   label: string;
-  /** The VM process's pid (while it runs). */
+  /** The VM process's pid (while it runs); absent for the built-in monitor, which runs in this process. */
   pid?: number;
   /** Guest memory configured, in MiB. */
   memoryMiB: number;
   /** Guest vCPUs configured. */
   cpus: number;
-  /** The VM process's memory: now (VmRSS) and peak (VmHWM). Last figures read while it ran, once it has exited. */
+  /**
+   * qemu: the VM process's memory, now (VmRSS) and peak (VmHWM). The built-in
+   * monitor: the guest RAM the host has backed (resident pages), now and the
+   * highest seen; the monitor's own threads are not counted. Last figures read
+   * while it ran, once it has exited.
+   */
   memory: QemuMemory | null;
-  /** CPU seconds the VM process used (user, system), at the last reading. */
+  /** CPU seconds the VM process used (user, system), at the last reading; null for the built-in monitor (its threads are this process's). */
   cpu: {
     /** User-mode CPU seconds. */
     userSeconds: number;
@@ -113,14 +119,14 @@ export class VmTimeoutError extends TimeoutError {
 
 const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(osConstants.signals).map(([name, num]) => [num, name as NodeJS.Signals]));
 
-/** How long a guest that reported EXIT gets to power off before qemu is killed. */
+/** How long a guest that reported EXIT gets to power off before qemu is killed (default of {@link VmWorkloadInit.poweroffGraceMs}). */
 const POWEROFF_GRACE_MS = 10_000;
 
 /** What the service hands a new workload. @internal */
 export interface VmWorkloadInit {
   id: string;
   dir: string;
-  machine: QemuMachine;
+  machine: VmMachine;
   backend: VmBackendName;
   accel?: QemuAccel;
   label: string;
@@ -131,6 +137,8 @@ export interface VmWorkloadInit {
   stdin: boolean;
   bootTimeoutMs: number;
   timeoutMs?: number;
+  /** How long a guest that reported EXIT gets to end by itself before the machine is killed (default 10 s). */
+  poweroffGraceMs?: number;
   /** performance.now() when run() was called. */
   t0: number;
   onEnd: (vm: VmWorkload) => void;
@@ -150,7 +158,7 @@ export class VmWorkload {
   readonly backendLabel: string;
   /** Why that backend was chosen (`'auto'` explains its pick). */
   readonly backendReason: string;
-  readonly #machine: QemuMachine;
+  readonly #machine: VmMachine;
   readonly #init: VmWorkloadInit;
   readonly #stdout = new PassThrough();
   readonly #stderr = new PassThrough();
@@ -211,7 +219,10 @@ export class VmWorkload {
     return this.#status;
   }
 
-  /** The VM process's pid while it runs. */
+  /**
+   * The VM process's pid while it runs (qemu). Undefined for the built-in
+   * monitor (`backend: 'kvm'`): its VM runs on threads of this process.
+   */
   get pid(): number | undefined {
     return this.#status === 'exited' ? undefined : this.#machine.pid;
   }
@@ -241,7 +252,11 @@ export class VmWorkload {
     return this.#machine.consoleTail(lines);
   }
 
-  /** The qemu command line (binary and arguments). */
+  /**
+   * The qemu command line (binary and arguments). For the built-in monitor,
+   * which has no program of its own: `nacelle-kvm` and the same facts (kernel,
+   * initrd, command line, vCPUs, memory, disks) written as qemu's arguments.
+   */
   get commandLine(): string[] {
     return [this.#machine.binary, ...this.#machine.args];
   }
@@ -330,7 +345,7 @@ export class VmWorkload {
           void this.#sample();
           this.#endOutput();
           // The init powers off after EXIT; a guest that hangs there is not waited for long.
-          this.#timers.push(setTimeout(() => this.#machine.kill('SIGKILL'), POWEROFF_GRACE_MS).unref());
+          this.#timers.push(setTimeout(() => this.#machine.kill('SIGKILL'), this.#init.poweroffGraceMs ?? POWEROFF_GRACE_MS).unref());
           break;
         default:
           break; // unknown types are skipped: a newer init may send more
@@ -374,12 +389,15 @@ export class VmWorkload {
         throw new VmTimeoutError(`vm ${short}: ${ended.what ?? 'timed out'}; killed it`, this.#machine.consoleTail());
       }
       if (ended) return { exitCode: 128 + signalNumber(ended.signal), signal: ended.signal, reason: ended.reason };
+      const messages = this.#machine.monitorMessages();
+      const guestSaid = this.#guestError ? `; the guest said: ${this.#guestError}` : '';
+      if (status.description !== undefined) {
+        // the built-in monitor: how the VM ended, in words (a crash with its registers), last
+        throw new VmFailedError(`vm ${short}: ${this.backendLabel}: the VM ended before the guest reported its command's exit${guestSaid}: ${status.description}`, this.#machine.consoleTail());
+      }
       const how = status.signal ? `was killed by ${status.signal}` : `exited with code ${status.exitCode}`;
-      const qemu = this.#machine.qemuMessages();
       throw new VmFailedError(
-        `vm ${short}: ${this.backendLabel} ${how} before the guest reported its command's exit${qemu.length ? ` (${qemu.join('; ')})` : ''}${
-          this.#guestError ? `; the guest said: ${this.#guestError}` : ''
-        }`,
+        `vm ${short}: ${this.backendLabel} ${how} before the guest reported its command's exit${messages.length ? ` (${messages.join('; ')})` : ''}${guestSaid}`,
         this.#machine.consoleTail(),
       );
     } finally {
@@ -412,8 +430,10 @@ export class VmWorkload {
   }
 
   /**
-   * Ends the VM by signalling its process (default SIGKILL): the guest's
-   * command ends with it. The exit reads `{ exitCode: 128 + n, signal, reason: 'killed' }`.
+   * Ends the VM by signalling its process (default SIGKILL; on the built-in
+   * monitor the VM is stopped at once): the guest's command ends with it. The
+   * exit reads `{ exitCode: 128 + n, signal, reason: 'killed' }`. Another
+   * signal, while the command runs, goes to the command, as in a container.
    */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     if (this.#status === 'exited') throw new StateError(`cannot kill vm ${this.id.slice(0, 12)}: it has exited`);
@@ -456,7 +476,7 @@ export class VmWorkload {
       backend: this.backend,
       ...(this.accel ? { accel: this.accel } : {}),
       label: this.backendLabel,
-      ...(this.#status !== 'exited' ? { pid: this.#machine.pid } : {}),
+      ...(this.#status !== 'exited' && this.#machine.pid !== undefined ? { pid: this.#machine.pid } : {}),
       memoryMiB: this.#machine.memoryMiB,
       cpus: this.#init.cpus,
       memory,

@@ -13,7 +13,8 @@ import { InvalidArgumentError, NotFoundError, SpawnError, UnsupportedError } fro
 import type { Image } from '../../../lib/image/image';
 import { writeBusyboxRootfs } from '../../../lib/image/busybox';
 import { Runtime } from '../../../lib/runtime';
-import { chooseBackend } from '../../../lib/vm/backend';
+import { chooseBackend, hardwareKvmMissing, monitorAvailability } from '../../../lib/vm/backend';
+import { probeKvm } from '../../../lib/vm/kvm';
 import { guestInitPath } from '../../../lib/vm/guest/initramfs';
 import type { VmRunOptions } from '../../../lib/vm/vms';
 import { VmFailedError, VmTimeoutError, type VmWorkload } from '../../../lib/vm/workload';
@@ -49,7 +50,8 @@ describeRoot('rt.vms (qemu backend)', () => {
   let dir: string;
   let rt: Runtime;
   let img: Image;
-  let kernelArgs: Pick<VmRunOptions, 'kernel' | 'kernelModules'> = {};
+  // (where auto would pick the built-in monitor, this suite asks for qemu: test/vm/host/vms-kvm.test.ts covers the monitor)
+  let kernelArgs: Pick<VmRunOptions, 'kernel' | 'kernelModules' | 'backend'> = {};
   let kernelFx: KernelFixture | undefined;
   const vms: VmWorkload[] = [];
 
@@ -61,7 +63,11 @@ describeRoot('rt.vms (qemu backend)', () => {
     // A fresh machine has no kernel: Debian's cloud kernel, fetched into a temporary cache (~10 s).
     kernelFx = await kernelFixture();
     const kernel = kernelFx.info;
-    kernelArgs = { kernel: kernel.kernel, ...(kernel.modulesDir ? { kernelModules: kernel.modulesDir } : {}) };
+    kernelArgs = {
+      kernel: kernel.kernel,
+      ...(kernel.modulesDir ? { kernelModules: kernel.modulesDir } : {}),
+      ...(chooseBackend('auto').backend === 'qemu' ? {} : { backend: 'qemu' as const }),
+    };
   }, 120_000);
 
   afterEach(async () => {
@@ -93,16 +99,23 @@ describeRoot('rt.vms (qemu backend)', () => {
     return { stdout, stderr, exit };
   }
 
-  it('picks qemu for auto here and says why; refuses the built-in monitor clearly', () => {
+  it('picks qemu+tcg for auto without hardware KVM and says why; the built-in monitor where /dev/kvm is usable', () => {
+    const probe = probeKvm();
     const auto = chooseBackend('auto');
-    expect(auto.backend).toBe('qemu');
-    expect(auto.reason).toMatch(/no hardware KVM|monitor is not part of this build/);
-    if (!existsSync('/dev/kvm')) {
-      expect(auto.accel).toBe('tcg');
-      expect(auto.reason).toContain('/dev/kvm missing');
+    const monitor = monitorAvailability().available;
+    if (hardwareKvmMissing(probe) !== null) {
+      expect(auto).toMatchObject({ backend: 'qemu', accel: 'tcg', label: 'qemu+tcg' });
+      expect(auto.reason).toMatch(/^auto: no hardware KVM/);
+      if (!existsSync('/dev/kvm')) expect(auto.reason).toContain('/dev/kvm missing');
+      if (probe.available && probe.modules.kvmPvm) expect(auto.reason).toContain('PVM');
+    } else {
+      expect(auto.backend).toBe(monitor ? 'kvm' : 'qemu');
     }
-    expect(() => chooseBackend('kvm')).toThrow(UnsupportedError);
-    expect(() => chooseBackend('kvm')).toThrow(/built-in monitor\) is not available/);
+    if (monitor && probe.available) {
+      expect(chooseBackend('kvm')).toEqual({ backend: 'kvm', reason: 'asked for the built-in KVM monitor', label: 'kvm monitor' });
+    } else {
+      expect(() => chooseBackend('kvm')).toThrow(UnsupportedError);
+    }
   });
 
   it(
@@ -117,7 +130,7 @@ describeRoot('rt.vms (qemu backend)', () => {
       expect(vm.exit).toEqual({ exitCode: 0, signal: null, reason: 'exited' });
       expect(ctr.exit.exitCode).toBe(0);
       expect(vm.vm.backend).toBe('qemu');
-      expect(vm.vm.backendReason).toMatch(/^auto: /);
+      expect(vm.vm.backendReason).toMatch(kernelArgs.backend ? /^asked for qemu/ : /^auto: /);
       const stats = await vm.vm.stats();
       expect(stats.memoryMiB).toBe(256);
       expect(stats.memory?.peakRssBytes).toBeGreaterThan(10 * 1024 * 1024);
@@ -368,8 +381,8 @@ describeRoot('rt.vms (qemu backend)', () => {
       expect((notKernel as Error).message).toContain(fake);
     });
 
-    it("backend 'kvm' (the built-in monitor, not built yet), and bad sizes", async () => {
-      await expect(rt.vms.run(img, { cmd: ['true'], backend: 'kvm' })).rejects.toBeInstanceOf(UnsupportedError);
+    it('an unknown backend, and bad sizes', async () => {
+      await expect(rt.vms.run(img, { cmd: ['true'], backend: 'bochs' as never })).rejects.toBeInstanceOf(UnsupportedError);
       await expect(rt.vms.run(img, { cmd: ['true'], cpus: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
       await expect(rt.vms.run(img, { cmd: ['true'], memoryMiB: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
       await expect(rt.vms.run('no-such-image:1', { cmd: ['true'] })).rejects.toBeInstanceOf(NotFoundError);

@@ -8,68 +8,17 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { InvalidArgumentError, StateError } from '../../../lib/errors';
-import { VirtualMachine, type VirtualMachineOptions } from '../../../lib/vm/machine';
+import { VirtualMachine } from '../../../lib/vm/machine';
 import { describeKvm } from '../../helpers/gate';
-import { makeTempDir, removeTempDir } from '../../helpers/tmp';
-// @ts-expect-error: a plain ESM build script without types
-import { buildTestGuest } from './guest/build.mjs';
+import { Collector, LIMIT_MS, guestHarness } from './helpers';
 
-const LIMIT_MS = 20_000;
 
-/** Collects a stream's text and lets a test wait for a pattern in it. */
-class Collector {
-  text = '';
-  #waiters: { re: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
-  constructor(stream: Duplex) {
-    stream.on('data', (d: Buffer) => {
-      this.text += d.toString('latin1');
-      this.#waiters = this.#waiters.filter((w) => {
-        const m = this.text.match(w.re);
-        if (m) w.resolve(m);
-        return !m;
-      });
-    });
-  }
-  until(re: RegExp, ms = LIMIT_MS): Promise<RegExpMatchArray> {
-    const m = this.text.match(re);
-    if (m) return Promise.resolve(m);
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`timed out waiting for ${re}; got:\n${this.text.slice(-2000)}`)), ms);
-      this.#waiters.push({
-        re,
-        resolve: (mm) => {
-          clearTimeout(t);
-          resolve(mm);
-        },
-      });
-    });
-  }
-}
 
 describeKvm('KVM monitor with freestanding guests', () => {
-  let guest: { bzImage: string; elf: string };
-  let tmp: string;
-  const live: VirtualMachine[] = [];
-
-  beforeAll(async () => {
-    tmp = makeTempDir('kvm');
-    guest = (await buildTestGuest(join(tmp, 'guest'))) as { bzImage: string; elf: string };
-  });
-  afterEach(async () => {
-    await Promise.all(live.splice(0).map((vm) => vm.kill()));
-  });
-  afterAll(() => removeTempDir(tmp));
-
-  async function boot(mode: string, options: Partial<VirtualMachineOptions> = {}): Promise<{ vm: VirtualMachine; out: Collector }> {
-    const vm = await VirtualMachine.create({ kernel: guest.bzImage, cmdline: `nacelle.test=${mode}`, memoryMiB: 32, ...options });
-    live.push(vm);
-    const out = new Collector(vm.console);
-    vm.start();
-    return { vm, out };
-  }
+  const h = guestHarness('kvm');
+  const boot = h.boot;
 
   it('boots a bzImage through the 64-bit boot protocol: boot_params, command line, e820; powers off', async () => {
     const { vm, out } = await boot('hello', { cmdline: 'nacelle.test=hello extra=1' });
@@ -85,7 +34,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
   });
 
   it('boots an ELF through its PVH note (32-bit entry, hvm_start_info)', async () => {
-    const { vm, out } = await boot('hello', { kernel: guest.elf });
+    const { vm, out } = await boot('hello', { kernel: h.guest().elf });
     expect((await vm.wait(LIMIT_MS)).reason).toBe('poweroff');
     expect(out.text).toContain('entry: pvh');
     expect(out.text).toContain('hello from guest');
@@ -142,7 +91,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
   });
 
   it('serves virtio-blk reads, writes and flushes, and refuses requests past the end', async () => {
-    const disk = join(tmp, 'disk.img');
+    const disk = join(h.tmp(), 'disk.img');
     const image = Buffer.alloc(64 * 1024);
     image.write('NACELLE-DISK-0..', 0, 'latin1');
     writeFileSync(disk, image);
@@ -157,7 +106,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
   });
 
   it('a read-only disk refuses writes and keeps its bytes', async () => {
-    const disk = join(tmp, 'ro.img');
+    const disk = join(h.tmp(), 'ro.img');
     const image = Buffer.alloc(16 * 1024);
     image.write('READ-ONLY-DISK..', 0, 'latin1');
     writeFileSync(disk, image);
@@ -194,7 +143,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
 
   for (const kind of ['loop', 'oob', 'huge', 'qsize', 'index']) {
     it(`survives a guest that writes garbage into a virtqueue (${kind}): device reset, counted, no host harm`, async () => {
-      const disk = join(tmp, `badq-${kind}.img`);
+      const disk = join(h.tmp(), `badq-${kind}.img`);
       writeFileSync(disk, Buffer.alloc(16 * 1024));
       const { vm, out } = await boot(`badq=${kind}`, { disks: [{ path: disk }] });
       await out.until(/status: 0x/);
@@ -235,7 +184,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
   });
 
   it('snapshots a paused VM and restores it: the counter continues where it stopped', async () => {
-    const dir = join(tmp, 'snap');
+    const dir = join(h.tmp(), 'snap');
     const { vm, out } = await boot('count');
     await out.until(/tick 3\n/);
     await expect(vm.snapshot(dir)).rejects.toThrow(StateError);
@@ -250,7 +199,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
     const t0 = performance.now();
     const restored = await VirtualMachine.restore(dir);
     const ms = performance.now() - t0;
-    live.push(restored);
+    h.track(restored);
     const again = new Collector(restored.console);
     await again.until(/tick \d+\n/);
     // The pause may have cut a line in two: the restored guest prints the rest of it.
@@ -260,7 +209,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
     // the memory file is mapped copy-on-write: restoring twice gives the same start
     await restored.kill();
     const twice = await VirtualMachine.restore(dir, { paused: true });
-    live.push(twice);
+    h.track(twice);
     expect(twice.state).toBe('paused');
     const third = new Collector(twice.console);
     twice.resume();
@@ -269,7 +218,7 @@ describeKvm('KVM monitor with freestanding guests', () => {
   });
 
   it('refuses damaged and mismatched snapshots clearly', async () => {
-    const dir = join(tmp, 'snap-bad');
+    const dir = join(h.tmp(), 'snap-bad');
     const { vm, out } = await boot('count');
     await out.until(/tick 1\n/);
     await vm.pause();
@@ -286,31 +235,31 @@ describeKvm('KVM monitor with freestanding guests', () => {
     await expect(VirtualMachine.restore(dir)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/version 99/) });
     writeFileSync(join(dir, 'vm.state'), state);
     const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { cpus: number };
-    const otherDisk = join(tmp, 'other-disk.img');
+    const otherDisk = join(h.tmp(), 'other-disk.img');
     writeFileSync(otherDisk, Buffer.alloc(4096));
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, disks: [{ path: otherDisk }] }));
     await expect(VirtualMachine.restore(dir)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/different VM/) });
-    await expect(VirtualMachine.restore(join(tmp, 'nowhere'))).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
+    await expect(VirtualMachine.restore(join(h.tmp(), 'nowhere'))).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
   });
 
   it('refuses bad input with clear errors', async () => {
-    await expect(VirtualMachine.create({ kernel: join(tmp, 'missing') })).rejects.toMatchObject({ code: 'ENOENT', message: expect.stringContaining('missing') });
-    const garbage = join(tmp, 'garbage');
+    await expect(VirtualMachine.create({ kernel: join(h.tmp(), 'missing') })).rejects.toMatchObject({ code: 'ENOENT', message: expect.stringContaining('missing') });
+    const garbage = join(h.tmp(), 'garbage');
     writeFileSync(garbage, randomBytes(8192));
     await expect(VirtualMachine.create({ kernel: garbage })).rejects.toMatchObject({ code: 'ENOEXEC', message: expect.stringContaining('not a kernel') });
-    const bigInitrd = join(tmp, 'big-initrd');
+    const bigInitrd = join(h.tmp(), 'big-initrd');
     writeFileSync(bigInitrd, Buffer.alloc(40 << 20));
-    await expect(VirtualMachine.create({ kernel: guest.bzImage, initrd: bigInitrd, memoryMiB: 32 })).rejects.toMatchObject({
+    await expect(VirtualMachine.create({ kernel: h.guest().bzImage, initrd: bigInitrd, memoryMiB: 32 })).rejects.toMatchObject({
       code: 'ENOSPC',
       message: expect.stringContaining('does not fit'),
     });
-    await expect(VirtualMachine.create({ kernel: guest.bzImage, memoryMiB: 4 })).rejects.toThrow(InvalidArgumentError);
-    await expect(VirtualMachine.create({ kernel: guest.bzImage, cpus: 100_000 })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/at most \d+/) });
-    await expect(VirtualMachine.create({ kernel: guest.bzImage, disks: [{ path: join(tmp, 'no-disk') }] })).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(VirtualMachine.create({ kernel: h.guest().bzImage, memoryMiB: 4 })).rejects.toThrow(InvalidArgumentError);
+    await expect(VirtualMachine.create({ kernel: h.guest().bzImage, cpus: 100_000 })).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/at most \d+/) });
+    await expect(VirtualMachine.create({ kernel: h.guest().bzImage, disks: [{ path: join(h.tmp(), 'no-disk') }] })).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
   it('a VM that is created but never started is released by kill()', async () => {
-    const vm = await VirtualMachine.create({ kernel: guest.bzImage, cmdline: 'nacelle.test=hello', memoryMiB: 16 });
+    const vm = await VirtualMachine.create({ kernel: h.guest().bzImage, cmdline: 'nacelle.test=hello', memoryMiB: 16 });
     expect(vm.state).toBe('created');
     expect((await vm.kill()).reason).toBe('killed');
     expect(() => vm.start()).toThrow(StateError);

@@ -6,8 +6,9 @@
  * to a struct boot_info and call guest_main, which runs the mode named by
  * nacelle.test=<mode> on the command line.
  *
- * Everything is polled (no interrupts, no IDT) and the code is plain integer
- * x86-64: KVM may run it through its instruction emulator, so loops are short.
+ * Most modes poll; serialirq, blkirq and lapictimer take real interrupts through
+ * an IDT, the in-kernel IOAPIC and LAPIC. The code is plain integer x86-64: KVM
+ * may run it through its instruction emulator, so loops are short.
  */
 #include "guest.h"
 
@@ -255,8 +256,11 @@ static struct virtq vqs[2] __attribute__((aligned(4096)));
 
 static u64 vdev; /* base of the device in use */
 
-/* Finds the first virtio-mmio device on the command line with this DeviceID (0: none). */
-static u64 virtio_find(const char *cmdline, u32 device_id) {
+/*
+ * Finds the first virtio-mmio device on the command line with this DeviceID (0: none);
+ * *irq (when irq is not NULL) gets its interrupt line, or 0 when none is given.
+ */
+static u64 virtio_find(const char *cmdline, u32 device_id, u32 *irq) {
   size_t pos = 0;
   const char *v;
   while ((v = cmdline_find(cmdline, "virtio_mmio.device=", &pos)) != 0) {
@@ -268,6 +272,11 @@ static u64 virtio_find(const char *cmdline, u32 device_id) {
     p++;
     u64 base = parse_num(&p);
     if (base == 0) continue;
+    u32 line = 0;
+    if (*p == ':') {
+      p++;
+      line = (u32)parse_num(&p);
+    }
     if (rd32(base + VIRTIO_MAGIC) != 0x74726976) continue; /* "virt" */
     if (rd32(base + VIRTIO_DEVICE_ID) != device_id) continue;
     if (rd32(base + VIRTIO_VERSION) != 2) {
@@ -276,6 +285,7 @@ static u64 virtio_find(const char *cmdline, u32 device_id) {
       println(" is not version 2");
       continue;
     }
+    if (irq) *irq = line;
     return base;
   }
   return 0;
@@ -408,7 +418,7 @@ static int blk_request(u32 type, u64 sector) {
 
 /* Finds and initializes the virtio-blk device (queue 0 of size QSIZE); low features or -1. */
 static i64 blk_init(const char *cmdline) {
-  u64 base = virtio_find(cmdline, 2);
+  u64 base = virtio_find(cmdline, 2, 0);
   if (!base) {
     println("blk: no virtio-blk device");
     return -1;
@@ -465,7 +475,7 @@ static void mode_badq(const char *cmdline, const char *kind) {
     poweroff();
   }
 
-  u64 base = virtio_find(cmdline, 2);
+  u64 base = virtio_find(cmdline, 2, 0);
   if (!base) {
     println("blk: no virtio-blk device");
     poweroff();
@@ -535,7 +545,7 @@ static void con_post_rx(void) {
 }
 
 static void mode_console(const char *cmdline) {
-  u64 base = virtio_find(cmdline, 3);
+  u64 base = virtio_find(cmdline, 3, 0);
   if (!base) {
     println("console: no virtio-console device");
     poweroff();
@@ -661,6 +671,244 @@ static void mode_smp(void) {
   poweroff();
 }
 
+/* ---- interrupts: IDT, LAPIC, IOAPIC ------------------------------------------ */
+
+#define IOAPIC 0xfec00000ULL
+#define LAPIC_ID 0x020
+#define LAPIC_EOI 0x0b0
+#define LAPIC_SVR 0x0f0
+#define LAPIC_LVT_TIMER 0x320
+#define LAPIC_TIMER_INIT 0x380
+#define LAPIC_TIMER_CUR 0x390
+#define LAPIC_TIMER_DIV 0x3e0
+
+#define VEC_SERIAL 0x30
+#define VEC_TIMER 0x31
+#define VEC_BLK 0x32
+
+/* What isr_common (start.S) leaves on the stack, lowest address first. */
+struct isr_frame {
+  u64 r11, r10, r9, r8, rdi, rsi, rdx, rcx, rax;
+  u64 vector, error;
+  u64 rip, cs, rflags, rsp, ss;
+};
+
+struct __attribute__((packed)) idt_gate {
+  u16 off_lo, sel;
+  u8 ist, type; /* 0x8e: present, DPL 0, 64-bit interrupt gate */
+  u16 off_mid;
+  u32 off_hi, zero;
+};
+
+extern const u8 isr_stubs[]; /* 256 entries, 16 bytes apart (start.S) */
+
+static struct idt_gate idt[256] __attribute__((aligned(16)));
+static void (*irq_handler[256])(void);
+
+void isr_dispatch(struct isr_frame *f);
+void isr_dispatch(struct isr_frame *f) {
+  u64 v = f->vector & 0xff;
+  if (irq_handler[v]) {
+    irq_handler[v]();
+    return;
+  }
+  puts_("unexpected vector 0x");
+  puthex(v, 2);
+  puts_(" error 0x");
+  puthex(f->error, 1);
+  puts_(" rip 0x");
+  puthex(f->rip, 1);
+  putch('\n');
+  poweroff();
+}
+
+/* Every vector gets a gate; vectors without a handler print themselves and power off. */
+static void idt_load(void) {
+  u16 cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  for (int v = 0; v < 256; v++) {
+    u64 a = (u64)isr_stubs + 16 * (u64)v;
+    idt[v].off_lo = (u16)a;
+    idt[v].sel = cs;
+    idt[v].ist = 0;
+    idt[v].type = 0x8e;
+    idt[v].off_mid = (u16)(a >> 16);
+    idt[v].off_hi = (u32)(a >> 32);
+    idt[v].zero = 0;
+  }
+  struct __attribute__((packed)) {
+    u16 limit;
+    u64 base;
+  } idtr = {sizeof idt - 1, (u64)idt};
+  __asm__ volatile("lidt %0" : : "m"(idtr));
+}
+
+static void lapic_eoi(void) { wr32(LAPIC + LAPIC_EOI, 0); }
+
+static void ioapic_write(u32 reg, u32 v) {
+  wr32(IOAPIC, reg);      /* IOREGSEL */
+  wr32(IOAPIC + 0x10, v); /* IOWIN */
+}
+
+static u32 ioapic_read(u32 reg) {
+  wr32(IOAPIC, reg);
+  return rd32(IOAPIC + 0x10);
+}
+
+/* Pin -> vector: fixed delivery, physical destination (this CPU's APIC ID), edge, active high, unmasked. */
+static void ioapic_route(u32 pin, u8 vector) {
+  u32 apic_id = rd32(LAPIC + LAPIC_ID) >> 24;
+  ioapic_write(0x11 + 2 * pin, apic_id << 24);
+  ioapic_write(0x10 + 2 * pin, vector);
+}
+
+/*
+ * The IDT, the LAPIC software-enabled (spurious vector 0xff) and the 8259 pair
+ * masked, as an OS that uses the IOAPIC does: the monitor leaves KVM's PIC as
+ * created (vector base 0, nothing masked) with LINT0 = ExtINT, so unmasked it
+ * would also deliver ISA IRQ n as vector n, on top of the CPU exceptions.
+ * Interrupts stay off (cli).
+ */
+static void irq_init(void) {
+  idt_load();
+  outb(0x21, 0xff);
+  outb(0xa1, 0xff);
+  wr32(LAPIC + LAPIC_SVR, 0x1ff);
+  u32 ver = ioapic_read(0x01);
+  puts_("ioapic: version 0x");
+  puthex(ver & 0xff, 2);
+  puts_(", ");
+  putdec(((ver >> 16) & 0xff) + 1);
+  println(" pins");
+}
+
+/* sti; hlt until *flag is nonzero (sti's one-instruction shadow covers hlt: no lost wakeup). */
+static void wait_irq(volatile u32 *flag) {
+  while (!*flag) __asm__ volatile("sti; hlt; cli" : : : "memory");
+}
+
+/* ---- serialirq: UART receive interrupts through IOAPIC pin 4 ---------------------- */
+
+static volatile u32 serial_irqs, serial_empty;
+static char irq_line[256];
+static size_t irq_line_len;
+
+static void serial_irq(void) {
+  serial_irqs++;
+  if (!(inb(COM1_LSR) & 0x01)) serial_empty++; /* raised while we drained: nothing left */
+  while (inb(COM1_LSR) & 0x01) {
+    char c = (char)inb(COM1);
+    if (c == '\r') continue;
+    if (c != '\n') {
+      if (irq_line_len + 1 < sizeof irq_line) irq_line[irq_line_len++] = c;
+      continue;
+    }
+    irq_line[irq_line_len] = 0;
+    irq_line_len = 0;
+    puts_("irq line: ");
+    println(irq_line);
+    if (str_eq(irq_line, "quit")) {
+      print_num("irqs: ", serial_irqs);
+      print_num("irqs without data: ", serial_empty);
+      poweroff();
+    }
+  }
+  lapic_eoi();
+}
+
+static void mode_serialirq(void) {
+  irq_init();
+  irq_handler[VEC_SERIAL] = serial_irq;
+  ioapic_route(4, VEC_SERIAL);
+  outb(COM1 + 1, 0x01); /* IER: received data available */
+  outb(COM1 + 4, 0x08); /* MCR: OUT2 (gates the UART's interrupt onto the bus on a PC) */
+  println("ready");
+  static volatile u32 never;
+  wait_irq(&never);
+}
+
+/* ---- blkirq: a virtio-blk read completed by interrupt ------------------------------- */
+
+static volatile u32 blk_irqs, blk_isr;
+
+static void blk_irq(void) {
+  blk_irqs++;
+  u32 isr = rd32(vdev + 0x060); /* InterruptStatus */
+  wr32(vdev + 0x064, isr);      /* InterruptACK */
+  blk_isr |= isr;
+  lapic_eoi();
+}
+
+static void mode_blkirq(const char *cmdline) {
+  u32 irq = 0;
+  u64 base = virtio_find(cmdline, 2, &irq);
+  if (!base || irq == 0 || irq > 23) {
+    print_num("blkirq: no virtio-blk device with an irq, irq ", irq);
+    poweroff();
+  }
+  print_num("blkirq irq: ", irq);
+  irq_init();
+  irq_handler[VEC_BLK] = blk_irq;
+  ioapic_route(irq, VEC_BLK);
+  if (virtio_begin(base) < 0 || virtq_setup(0, QSIZE, 1) < 0) poweroff();
+  virtio_driver_ok();
+
+  memset(blk_data, 0, sizeof blk_data);
+  blk_hdr.type = VIRTIO_BLK_T_IN;
+  blk_hdr.reserved = 0;
+  blk_hdr.sector = 0;
+  blk_status = 0xff;
+  virtq_desc_set(0, 0, (u64)&blk_hdr, sizeof blk_hdr, VIRTQ_DESC_F_NEXT, 1);
+  virtq_desc_set(0, 1, (u64)blk_data, sizeof blk_data, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+  virtq_desc_set(0, 2, (u64)&blk_status, 1, VIRTQ_DESC_F_WRITE, 0);
+  barrier();
+  virtq_kick(0, 0);
+  wait_irq(&blk_irqs);
+
+  puts_("blkirq isr: 0x");
+  puthex(blk_isr, 1);
+  putch('\n');
+  /* the interrupt came after the device published the used element: no polling */
+  struct virtq *vq = &vqs[0];
+  if (*(volatile u16 *)&vq->used.idx == vq->last_used) {
+    println("blkirq: interrupt before the used ring moved");
+    poweroff();
+  }
+  barrier();
+  vq->last_used++;
+  if (blk_status != 0) print_num("blkirq status: ", blk_status);
+  puts_("blkirq sector0: ");
+  put_printable(blk_data, 16);
+  putch('\n');
+  print_num("blkirq interrupts: ", blk_irqs);
+  poweroff();
+}
+
+/* ---- lapictimer: the LAPIC timer, one-shot, re-armed from its handler ------------------ */
+
+#define TIMER_COUNT 100000 /* x16 bus cycles: about 1.6 ms at KVM's 1 GHz APIC bus */
+
+static volatile u32 timer_ticks, timer_done;
+
+static void timer_irq(void) {
+  timer_ticks++;
+  if (timer_ticks >= 3) timer_done = 1;
+  else wr32(LAPIC + LAPIC_TIMER_INIT, TIMER_COUNT);
+  lapic_eoi();
+}
+
+static void mode_lapictimer(void) {
+  irq_init();
+  irq_handler[VEC_TIMER] = timer_irq;
+  wr32(LAPIC + LAPIC_TIMER_DIV, 0x3);              /* divide by 16 */
+  wr32(LAPIC + LAPIC_LVT_TIMER, VEC_TIMER);        /* one-shot, unmasked */
+  wr32(LAPIC + LAPIC_TIMER_INIT, TIMER_COUNT);
+  wait_irq(&timer_done);
+  print_num("timer ticks: ", timer_ticks);
+  print_num("timer current count: ", rd32(LAPIC + LAPIC_TIMER_CUR));
+  poweroff();
+}
+
 /* ---- the simple modes ------------------------------------------------------------- */
 
 static void mode_hello(const struct boot_info *bi) {
@@ -763,6 +1011,9 @@ static __attribute__((noreturn)) void guest_main(const struct boot_info *bi) {
   else if (str_eq(mode, "smp")) mode_smp();
   else if (str_eq(mode, "count")) mode_count();
   else if (str_eq(mode, "spin")) mode_spin();
+  else if (str_eq(mode, "serialirq")) mode_serialirq();
+  else if (str_eq(mode, "blkirq")) mode_blkirq(bi->cmdline);
+  else if (str_eq(mode, "lapictimer")) mode_lapictimer();
   else if (memcmp(mode, "badq=", 5) == 0) mode_badq(bi->cmdline, mode + 5);
   println("guest: unknown mode");
   poweroff();

@@ -127,6 +127,57 @@ pvh_start64:
 	hlt
 	jmp 5b
 
+/* ---- interrupt entry: 256 stubs, 16 bytes apart, and a common path -------- */
+
+/*
+ * isr_stubs + 16 * v is vector v's entry. Vectors without a CPU error code
+ * push a 0 in its place, then every stub pushes its vector, so isr_common sees
+ * one frame shape: saved registers, vector, error code, then what the CPU pushed
+ * (rip, cs, rflags, rsp, ss). In 64-bit mode the CPU aligns rsp to 16 before
+ * pushing those 40 bytes; 8 + 8 + 9 * 8 more keeps it 16-aligned at the call.
+ */
+	.text
+	.code64
+	.balign 16
+	.globl isr_stubs
+isr_stubs:
+	vec = 0
+	.rept 256
+	.balign 16
+	.if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+	.else
+	pushq $0
+	.endif
+	pushq $vec
+	jmp isr_common
+	vec = vec + 1
+	.endr
+
+isr_common:
+	pushq %rax
+	pushq %rcx
+	pushq %rdx
+	pushq %rsi
+	pushq %rdi
+	pushq %r8
+	pushq %r9
+	pushq %r10
+	pushq %r11
+	cld
+	movq %rsp, %rdi
+	call isr_dispatch
+	popq %r11
+	popq %r10
+	popq %r9
+	popq %r8
+	popq %rdi
+	popq %rsi
+	popq %rdx
+	popq %rcx
+	popq %rax
+	addq $16, %rsp		/* vector and error code */
+	iretq
+
 /* ---- SMP: the AP's real-mode trampoline, copied to 0x8000 ------------------ */
 
 	.section .rodata, "a"
