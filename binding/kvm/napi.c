@@ -24,6 +24,7 @@
 
 struct vm_handle {
   struct vm *vm;
+  napi_env env; /* the environment (main thread or worker) that made it */
   napi_threadsafe_function on_exit;
   bool tsfn_live;
   int console_host, console_js; /* socketpair ends */
@@ -122,16 +123,25 @@ static void handle_finalize(napi_env env, void *data, void *hint) {
   free(h);
 }
 
+/* The environment is going away (process exit, worker end): its VMs end with it. */
 static void cleanup_hook(void *arg) {
-  (void)arg;
+  napi_env env = arg;
+  struct vm_handle *mine = NULL;
   pthread_mutex_lock(&live_lock);
-  struct vm_handle *list = live_handles;
-  live_handles = NULL;
-  pthread_mutex_unlock(&live_lock);
-  for (struct vm_handle *h = list; h; h = h->next) {
-    if (h->vm) vm_kill(h->vm);
+  for (struct vm_handle **p = &live_handles; *p;) {
+    struct vm_handle *h = *p;
+    if (h->env == env) {
+      *p = h->next;
+      h->next = mine;
+      mine = h;
+    } else {
+      p = &h->next;
+    }
   }
-  for (struct vm_handle *h = list; h; h = h->next) {
+  pthread_mutex_unlock(&live_lock);
+  for (struct vm_handle *h = mine; h; h = h->next)
+    if (h->vm) vm_kill(h->vm);
+  for (struct vm_handle *h = mine; h; h = h->next) {
     handle_release(h);
     h->destroyed = true;
   }
@@ -297,6 +307,7 @@ static napi_value KvmCreate(napi_env env, napi_callback_info info) {
     return NULL;
   }
   h->console_host = h->console_js = h->channel_host = h->channel_js = -1;
+  h->env = env;
   j->h = h;
   napi_value o = argv[0], disks = NULL;
   bool ok = prop_string(env, o, "kernel", &j->a, &j->kernel) && prop_string(env, o, "initrd", &j->a, &j->initrd) &&
@@ -604,5 +615,5 @@ bool nacelle_kvm_register(napi_env env, napi_value exports) {
       {"kvmDestroy", NULL, KvmDestroy, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns) != napi_ok) return false;
-  return napi_add_env_cleanup_hook(env, cleanup_hook, NULL) == napi_ok;
+  return napi_add_env_cleanup_hook(env, cleanup_hook, env) == napi_ok;
 }

@@ -234,6 +234,9 @@ static void vcpu_thread_done(struct vm *vm) {
 static void *vcpu_main(void *arg) {
   struct vcpu *c = arg;
   struct vm *vm = c->vm;
+  char name[16];
+  snprintf(name, sizeof name, "nacelle-vcpu%d", c->index % 100);
+  pthread_setname_np(pthread_self(), name); /* what ps -T and /proc/<pid>/task/<tid>/comm show */
   sigset_t kick;
   sigemptyset(&kick);
   sigaddset(&kick, SIG_KICK);
@@ -321,6 +324,7 @@ void vm_io_enable(struct vm *vm, int fd, bool on) {
 
 static void *io_main(void *arg) {
   struct vm *vm = arg;
+  pthread_setname_np(pthread_self(), "nacelle-vm-io");
   for (;;) {
     struct epoll_event evs[8];
     int n = epoll_wait(vm->epoll_fd, evs, 8, -1);

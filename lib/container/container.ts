@@ -686,11 +686,24 @@ export class Container {
         const stream = new TtyReadStream(p.terminalFd);
         const out = new PassThrough();
         stream.on('data', (c: Buffer) => out.write(c));
-        stream.on('error', () => out.end());
-        stream.on('close', () => out.end());
+        // The master reads EIO once the last holder of the slave is gone and the
+        // output is drained: that, not the process's exit, ends the output.
+        const drained = new Promise<void>((resolve) => {
+          stream.on('error', () => resolve());
+          stream.on('close', () => resolve());
+          stream.on('end', () => resolve());
+        });
+        void drained.then(() => out.end());
         const stderr = new PassThrough();
         stderr.end();
-        const waitP = p.wait().finally(() => stream.destroy());
+        const waitP = p.wait().then(async (status) => {
+          // (a background child may still hold the slave: give the output a moment, then stop reading)
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, 1000)))]);
+          clearTimeout(timer);
+          stream.destroy();
+          return status;
+        });
         return { pid: p.pid, stdin: stream, stdout: out, stderr, wait: () => waitP, kill: (s) => p.kill(s) };
       }
       return { pid: p.pid, stdin: p.stdin, stdout: p.stdout!, stderr: p.stderr!, wait: () => p.wait(), kill: (s) => p.kill(s) };
