@@ -153,13 +153,17 @@ export class ContentStore {
     const tmp = join(this.root, 'ingest', `${process.pid}-${randomBytes(8).toString('hex')}`);
     const verify = new DigestStream(expected);
     const input = typeof source === 'string' || Buffer.isBuffer(source) ? Readable.from([Buffer.from(source)]) : source;
+    const out = createWriteStream(tmp, { flags: 'wx', flush: true });
     try {
-      await pipeline(input, verify, createWriteStream(tmp, { flags: 'wx', flush: true }));
+      await pipeline(input, verify, out);
       const digest = verify.digest;
       await rename(tmp, this.blobPath(digest));
       await fsyncDir(join(this.root, 'blobs', verify.algorithm));
       return { digest, size: verify.size };
     } catch (err) {
+      // A source that fails at once fails the pipeline before the file is even
+      // open: the open still completes (and creates it) unless we wait for close.
+      if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
       await rm(tmp, { force: true });
       if (err instanceof DigestMismatchError) throw err;
       throw err;

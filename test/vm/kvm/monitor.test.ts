@@ -54,6 +54,14 @@ describeKvm('KVM monitor with freestanding guests', () => {
     expect(out.text).toContain(`got: ${long}`);
   });
 
+  it('powers off through ACPI: RSDP → XSDT → FADT sleep control register, \\_S5 from the DSDT', async () => {
+    const { vm, out } = await boot('acpioff');
+    const exit = await vm.wait(LIMIT_MS);
+    expect(out.text).toContain('acpi: hw-reduced 1, sleep control port 0x600, S5 type 5');
+    expect(exit).toMatchObject({ reason: 'poweroff', detail: expect.stringContaining('ACPI S5') });
+    expect(out.text).not.toContain('still running');
+  });
+
   it("ends with 'reset' when the guest pulses the i8042 reset line", async () => {
     const { vm } = await boot('reset');
     const exit = await vm.wait(LIMIT_MS);

@@ -911,6 +911,57 @@ static void mode_lapictimer(void) {
 
 /* ---- the simple modes ------------------------------------------------------------- */
 
+/*
+ * acpioff: power off the way an ACPI kernel does on a hardware-reduced machine:
+ * find the RSDP in the BIOS area, follow the XSDT to the FADT, read the sleep
+ * control register and \_S5's sleep type from the DSDT, write SLP_TYP | SLP_EN.
+ */
+static const u8 *find_sig(const u8 *from, u64 len, const char *sig, int n, u64 step) {
+  for (u64 off = 0; off + (u64)n <= len; off += step) {
+    int k = 0;
+    while (k < n && from[off + k] == (u8)sig[k]) k++;
+    if (k == n) return from + off;
+  }
+  return 0;
+}
+
+static void mode_acpioff(void) {
+  const u8 *rsdp = find_sig((const u8 *)0xe0000, 0x20000, "RSD PTR ", 8, 16);
+  if (!rsdp) {
+    println("acpi: no RSDP");
+    poweroff();
+  }
+  u64 xsdt = *(const u64 *)(rsdp + 24);
+  const u8 *x = (const u8 *)xsdt;
+  u32 xlen = *(const u32 *)(x + 4);
+  const u8 *fadt = 0;
+  for (u32 off = 36; off + 8 <= xlen; off += 8) {
+    const u8 *t = (const u8 *)*(const u64 *)(x + off);
+    if (t[0] == 'F' && t[1] == 'A' && t[2] == 'C' && t[3] == 'P') fadt = t;
+  }
+  if (!fadt) {
+    println("acpi: no FADT");
+    poweroff();
+  }
+  u32 flags = *(const u32 *)(fadt + 112);
+  u64 port = *(const u64 *)(fadt + 244 + 4);
+  const u8 *dsdt = (const u8 *)*(const u64 *)(fadt + 140);
+  const u8 *s5 = find_sig(dsdt, *(const u32 *)(dsdt + 4), "_S5_", 4, 1);
+  /* Name(_S5_, Package(){ BytePrefix n, ... }): _S5_ 0x12 pkglen count 0x0a n */
+  u8 typ = s5 && s5[4] == 0x12 && s5[7] == 0x0a ? s5[8] : 0xff;
+  puts_("acpi: hw-reduced ");
+  putdec((flags >> 20) & 1);
+  puts_(", sleep control port 0x");
+  puthex(port, 1);
+  puts_(", S5 type ");
+  putdec(typ);
+  println("");
+  if (typ > 7 || port == 0 || port > 0xffff) poweroff();
+  outb((u16)port, (u8)((typ << 2) | 0x20));
+  println("acpi: still running after S5");
+  for (;;) __asm__ volatile("hlt");
+}
+
 static void mode_hello(const struct boot_info *bi) {
   println("hello from guest");
   puts_("cmdline: ");
@@ -1006,6 +1057,7 @@ static __attribute__((noreturn)) void guest_main(const struct boot_info *bi) {
     reset_i8042();
   } else if (str_eq(mode, "ctrlaltdel")) mode_ctrlaltdel();
   else if (str_eq(mode, "triple")) mode_triple();
+  else if (str_eq(mode, "acpioff")) mode_acpioff();
   else if (str_eq(mode, "blk")) mode_blk(bi->cmdline);
   else if (str_eq(mode, "console")) mode_console(bi->cmdline);
   else if (str_eq(mode, "smp")) mode_smp();
