@@ -145,7 +145,8 @@ export interface NativeVmExit {
 export interface NativeVmStats {
   state: 'created' | 'running' | 'paused' | 'exited';
   exits: Record<string, number>;
-  vcpus: { exits: number }[];
+  vcpus: { exits: number; tid: number }[];
+  ioTid: number;
   memoryBytes: number;
   residentBytes: number;
   deviceErrors: number;

@@ -102,6 +102,7 @@ struct vcpu {
   pthread_t thread;
   bool thread_started;
   bool parked;     /* outside KVM_RUN, waiting on vm->cond (pause) */
+  int tid;         /* the thread's id (for its CPU time in /proc), once it runs */
   uint64_t exits[32]; /* by KVM_EXIT_* reason (clamped) */
 };
 
@@ -135,6 +136,7 @@ struct vm {
   int epoll_fd, wake_fd;
   pthread_t io_thread;
   bool io_started;
+  int io_tid;
   struct { int fd; io_ready_fn fn; void *opaque; bool enabled; } watch[KVM_MAX_IO_WATCH];
   int nwatch;
   pthread_mutex_t io_lock; /* watch[].enabled and the epoll set */

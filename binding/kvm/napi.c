@@ -444,6 +444,8 @@ static napi_value KvmStats(napi_env env, napi_callback_info info) {
     }
     napi_create_double(env, (double)sum, &v);
     napi_set_named_property(env, one, "exits", v);
+    napi_create_int32(env, __atomic_load_n(&vm->cpus[i].tid, __ATOMIC_RELAXED), &v);
+    napi_set_named_property(env, one, "tid", v);
     napi_set_element(env, per_vcpu, (uint32_t)i, one);
   }
   for (int k = 0; k < 32; k++) {
@@ -459,6 +461,8 @@ static napi_value KvmStats(napi_env env, napi_callback_info info) {
   }
   napi_set_named_property(env, result, "exits", exits);
   napi_set_named_property(env, result, "vcpus", per_vcpu);
+  napi_create_int32(env, __atomic_load_n(&vm->io_tid, __ATOMIC_RELAXED), &v);
+  napi_set_named_property(env, result, "ioTid", v);
   napi_create_double(env, (double)vm->mem.size, &v);
   napi_set_named_property(env, result, "memoryBytes", v);
   /* resident guest pages: mincore over guest RAM, one byte per 4 KiB page */

@@ -237,6 +237,7 @@ static void *vcpu_main(void *arg) {
   char name[16];
   snprintf(name, sizeof name, "nacelle-vcpu%d", c->index % 100);
   pthread_setname_np(pthread_self(), name); /* what ps -T and /proc/<pid>/task/<tid>/comm show */
+  __atomic_store_n(&c->tid, (int)gettid(), __ATOMIC_RELAXED);
   sigset_t kick;
   sigemptyset(&kick);
   sigaddset(&kick, SIG_KICK);
@@ -325,6 +326,7 @@ void vm_io_enable(struct vm *vm, int fd, bool on) {
 static void *io_main(void *arg) {
   struct vm *vm = arg;
   pthread_setname_np(pthread_self(), "nacelle-vm-io");
+  __atomic_store_n(&vm->io_tid, (int)gettid(), __ATOMIC_RELAXED);
   for (;;) {
     struct epoll_event evs[8];
     int n = epoll_wait(vm->epoll_fd, evs, 8, -1);

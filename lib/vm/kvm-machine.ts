@@ -12,7 +12,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import { access, constants, open } from 'node:fs/promises';
+import { access, constants, open, readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { InvalidArgumentError } from '../errors';
@@ -311,7 +311,26 @@ export class KvmMachine implements VmMachine {
 
   /** Undefined: the vCPU threads are threads of this process, and their CPU time is not told apart yet. */
   async cpuTime(): Promise<VmMachineCpuTime | undefined> {
-    return undefined;
+    if (this.exited) return undefined;
+    let stats: ReturnType<VirtualMachine['stats']>;
+    try {
+      stats = this.vm.stats();
+    } catch {
+      return undefined; // ended meanwhile
+    }
+    // The monitor's own threads (vCPUs and I/O), from /proc/self/task/<tid>/stat.
+    const tids = [...stats.vcpus.map((v) => v.tid), stats.ioTid].filter((t) => t > 0);
+    const hz = 100; // USER_HZ
+    let user = 0;
+    let system = 0;
+    for (const tid of tids) {
+      const stat = await readFile(`/proc/self/task/${tid}/stat`, 'utf8').catch(() => undefined);
+      if (stat === undefined) continue;
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      user += Number(fields[11]) / hz;
+      system += Number(fields[12]) / hz;
+    }
+    return { user, system };
   }
 }
 

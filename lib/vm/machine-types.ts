@@ -54,7 +54,7 @@ export interface VmMachine {
   kill(signal?: NodeJS.Signals): boolean;
   /** Memory figures now (the last ones read while it ran, once it has ended), or undefined when none. */
   memory(): Promise<VmMachineMemory | undefined>;
-  /** CPU seconds used so far, or undefined where unknown (the built-in monitor, or after the end). */
+  /** CPU seconds used so far (qemu: its process; the built-in monitor: its vCPU and I/O threads), or undefined after the end. */
   cpuTime(): Promise<VmMachineCpuTime | undefined>;
   /** Guest memory in MiB. */
   readonly memoryMiB: number;

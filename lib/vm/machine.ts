@@ -68,7 +68,11 @@ export interface VirtualMachineStats {
   vcpus: {
     /** Every KVM exit of this vCPU, whatever the reason. */
     exits: number;
+    /** The vCPU thread's id in this process (`/proc/self/task/<tid>`), 0 before it runs. */
+    tid: number;
   }[];
+  /** The VM's I/O thread's id, 0 before it runs. */
+  ioTid: number;
   /** Guest memory size in bytes. */
   memoryBytes: number;
   /** Guest memory the host has actually backed (resident pages). */

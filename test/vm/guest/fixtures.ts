@@ -11,9 +11,6 @@ import { guestInitPath } from '../../../lib/vm/guest/initramfs';
 import { type KernelInfo, fetchDebianCloudKernel, findKernel } from '../../../lib/vm/guest/kernel';
 import { makeTempDir, removeTempDir } from '../../helpers/tmp';
 
-/** The cloud kernel unpacked on the development machine, when present. */
-export const DEV_KERNEL_ROOT = '/tmp/kern/x';
-
 /** A kernel with modules, and how to give it back. */
 export interface KernelFixture {
   /** The kernel. */

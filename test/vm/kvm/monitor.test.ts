@@ -188,6 +188,9 @@ describeKvm('KVM monitor with freestanding guests', () => {
     expect(stats.memoryBytes).toBe(32 << 20);
     expect(stats.residentBytes).toBeGreaterThan(0);
     expect(stats.residentBytes).toBeLessThanOrEqual(stats.memoryBytes);
+    // the vCPU and I/O threads are this process's, named, with their CPU time in /proc
+    expect(readFileSync(`/proc/self/task/${stats.vcpus[0]!.tid}/comm`, 'utf8').trim()).toBe('nacelle-vcpu0');
+    expect(readFileSync(`/proc/self/task/${stats.ioTid}/comm`, 'utf8').trim()).toBe('nacelle-vm-io');
     expect((await vm.kill()).reason).toBe('killed');
   });
 
