@@ -401,6 +401,9 @@ export class VirtualMachine {
       await Promise.race([this.#consoleDrained, new Promise((res) => (timer = setTimeout(res, 1000)))]);
       clearTimeout(timer);
     }
+    // A channel nobody reads would hold its socket open for good: close it.
+    const ch = this.channel;
+    if (ch && !ch.destroyed && ch.listenerCount('data') === 0 && ch.listenerCount('readable') === 0) ch.destroy();
     this.#finish({ reason: e.reason, detail: e.detail });
   }
 
