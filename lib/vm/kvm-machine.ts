@@ -280,6 +280,16 @@ export class KvmMachine implements VmMachine {
     return this.#ended || this.vm.state === 'exited';
   }
 
+  /** Parks every vCPU (the guest stops where it is). */
+  async pause(): Promise<void> {
+    await this.vm.pause();
+  }
+
+  /** Lets the vCPUs run on. */
+  async resume(): Promise<void> {
+    this.vm.resume();
+  }
+
   /**
    * Ends the VM now. Whatever the signal, the vCPUs stop at once (the guest's
    * command gets its signals from the workload, over the channel); the signal

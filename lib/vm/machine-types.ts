@@ -52,6 +52,10 @@ export interface VmMachine {
   readonly exited: boolean;
   /** Ends it (qemu: this signal; the built-in monitor: the VM stops at once, whatever the signal). @returns false when it had already ended */
   kill(signal?: NodeJS.Signals): boolean;
+  /** Freezes the whole VM (qemu: SIGSTOP to its process; the built-in monitor: every vCPU parked). */
+  pause(): Promise<void>;
+  /** Lets a paused VM run on. */
+  resume(): Promise<void>;
   /** Memory figures now (the last ones read while it ran, once it has ended), or undefined when none. */
   memory(): Promise<VmMachineMemory | undefined>;
   /** CPU seconds used so far (qemu: its process; the built-in monitor: its vCPU and I/O threads), or undefined after the end. */

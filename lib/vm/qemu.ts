@@ -15,7 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
-import { InvalidArgumentError } from '../errors';
+import { InvalidArgumentError, StateError } from '../errors';
 import { type ExitStatus, type Process, spawn } from '../process/spawn';
 import { type QemuAccel, findQemu, hardwareKvmMissing } from './backend';
 import { probeKvm } from './kvm';
@@ -281,6 +281,16 @@ export class QemuMachine implements VmMachine {
   /** Whether qemu has exited. */
   get exited(): boolean {
     return this.#process.status !== undefined;
+  }
+
+  /** Freezes qemu, and with it the guest (SIGSTOP, as the cgroup freezer stops a container). */
+  async pause(): Promise<void> {
+    if (!this.#process.kill('SIGSTOP')) throw new StateError('qemu has exited');
+  }
+
+  /** Lets a paused qemu run on (SIGCONT). */
+  async resume(): Promise<void> {
+    if (!this.#process.kill('SIGCONT')) throw new StateError('qemu has exited');
   }
 
   /** Signals qemu (default SIGKILL). @returns false when it had already exited */

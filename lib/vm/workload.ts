@@ -166,6 +166,7 @@ export class VmWorkload {
   readonly #decoder = new FrameDecoder();
   readonly #timings: VmTimings = {};
   #status: VmStatus = 'booting';
+  #paused = false;
   #guestExit: { exitCode: number; signal: number } | undefined;
   #guestError: string | undefined;
   #endedBy: { reason: 'killed' | 'stopped' | 'timeout'; signal: NodeJS.Signals; what?: string } | undefined;
@@ -217,6 +218,30 @@ export class VmWorkload {
   /** Where it is: booting (until the guest reports READY), running, exited. */
   get status(): VmStatus {
     return this.#status;
+  }
+
+  /** Whether the VM is frozen by {@link pause}. */
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  /**
+   * Freezes the whole VM, guest kernel and command alike, as `docker pause`
+   * freezes a container (qemu: its process is stopped; the built-in monitor:
+   * every vCPU is parked). Time limits keep running.
+   */
+  async pause(): Promise<void> {
+    if (this.#status !== 'running' || this.#guestExit) throw new StateError(`cannot pause vm ${this.id.slice(0, 12)}: it is ${this.#guestExit ? 'ending' : this.#status}`);
+    if (this.#paused) throw new StateError(`vm ${this.id.slice(0, 12)} is already paused`);
+    await this.#machine.pause();
+    this.#paused = true;
+  }
+
+  /** Lets a paused VM run on. */
+  async resume(): Promise<void> {
+    if (!this.#paused) throw new StateError(`vm ${this.id.slice(0, 12)} is not paused`);
+    this.#paused = false;
+    if (this.#status !== 'exited') await this.#machine.resume();
   }
 
   /**
@@ -372,6 +397,7 @@ export class VmWorkload {
     const status = await this.#machine.wait();
     this.#timings.endedMs = this.#since();
     this.#status = 'exited';
+    this.#paused = false;
     for (const t of this.#timers.splice(0)) clearTimeout(t);
     if (this.#sampler) clearInterval(this.#sampler);
     this.#sampler = undefined;
@@ -437,6 +463,7 @@ export class VmWorkload {
    */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     if (this.#status === 'exited') throw new StateError(`cannot kill vm ${this.id.slice(0, 12)}: it has exited`);
+    if (this.#paused && signal !== 'SIGKILL') await this.resume(); // a frozen guest cannot act on a signal
     const num = signalNumber(signal);
     if (signal !== 'SIGKILL' && this.#status === 'running' && !this.#guestExit) {
       // to the command, as a container's process gets it: its handlers run, and its exit is reported
@@ -453,6 +480,7 @@ export class VmWorkload {
    */
   async stop(options: { timeout?: number } = {}): Promise<VmExit> {
     if (this.#status === 'exited') throw new StateError(`cannot stop vm ${this.id.slice(0, 12)}: it has exited`);
+    if (this.#paused) await this.resume(); // as docker stop thaws a paused container first
     if (this.#status !== 'running' || this.#guestExit) {
       this.#endBy('stopped', undefined, 'SIGTERM');
     } else {

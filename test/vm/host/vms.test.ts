@@ -21,6 +21,7 @@ import { VmFailedError, VmTimeoutError, type VmWorkload } from '../../../lib/vm/
 import { busyboxImage } from '../../helpers/busybox';
 import { describeRoot } from '../../helpers/gate';
 import { makeTempDir, removeTempDir } from '../../helpers/tmp';
+import { eventually } from '../../helpers/proc';
 import { type KernelFixture, kernelFixture } from '../guest/fixtures';
 
 async function text(s: Readable): Promise<string> {
@@ -216,6 +217,33 @@ describeRoot('rt.vms (qemu backend)', () => {
       expect(existsSync(`/proc/${pid}`)).toBe(false);
       expect(existsSync(vm.dir)).toBe(false);
       expect(ourQemus()).toEqual([]);
+    },
+    VM_TEST_MS,
+  );
+
+  it(
+    'pause() freezes the whole VM and resume() lets it run on; stop() of a paused VM thaws it first, as for a container',
+    async () => {
+      const vm = await rt.vms.run(img, { cmd: ['sh', '-c', 'trap "echo bye; exit 4" TERM; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done'], ...kernelArgs });
+      vms.push(vm);
+      let out = '';
+      vm.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const lines = (): number => out.split('\n').filter(Boolean).length;
+      await eventually(() => lines() >= 3, 20_000, 'the guest to count');
+      await vm.pause();
+      expect(vm.paused).toBe(true);
+      await expect(vm.pause()).rejects.toThrow(/already paused/);
+      await new Promise((r) => setTimeout(r, 300)); // what was on its way arrives
+      const frozen = lines();
+      await new Promise((r) => setTimeout(r, 700));
+      expect(lines()).toBe(frozen);
+      await vm.resume();
+      expect(vm.paused).toBe(false);
+      await eventually(() => lines() >= frozen + 3, 20_000, 'the guest to count on');
+      await vm.pause();
+      expect(await vm.stop({ timeout: 10 })).toEqual({ exitCode: 4, signal: null, reason: 'exited' });
+      expect(out).toMatch(/bye\n$/);
+      await expect(vm.resume()).rejects.toThrow(/not paused/);
     },
     VM_TEST_MS,
   );
