@@ -97,8 +97,9 @@ export function chooseBackend(choice: VmBackendChoice = 'auto', probe: KvmProbe 
         return { backend: 'kvm', reason: 'hardware KVM is present and the built-in monitor is available', label: 'kvm monitor' };
       }
       const { accel, why } = qemuAccel();
-      const because = noHardware ?? `hardware KVM is present but ${monitor.reason}`;
-      return { backend: 'qemu', accel, reason: `auto: ${because}; ${why}`, label: `qemu+${accel}` };
+      // qemuAccel's why already names the missing hardware; say it once
+      const reason = noHardware !== null ? `auto: ${why}` : `auto: hardware KVM is present but ${monitor.reason ?? 'the monitor is unavailable'}; ${why}`;
+      return { backend: 'qemu', accel, reason, label: `qemu+${accel}` };
     }
     default:
       throw new UnsupportedError(`unknown VM backend '${String(choice)}' (kvm, qemu or auto)`);
