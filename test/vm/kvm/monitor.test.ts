@@ -10,6 +10,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { InvalidArgumentError, StateError } from '../../../lib/errors';
+import { hardwareKvmMissing } from '../../../lib/vm/backend';
+import { probeKvm } from '../../../lib/vm/kvm';
 import { VirtualMachine } from '../../../lib/vm/machine';
 import { describeKvm } from '../../helpers/gate';
 import { Collector, LIMIT_MS, guestHarness } from './helpers';
@@ -96,6 +98,23 @@ describeKvm('KVM monitor with freestanding guests', () => {
     expect(exit.detail).toMatch(/rip=0x[0-9a-f]{16}/);
     expect(exit.detail).toMatch(/cr0=0x/);
     expect(out.text).toContain('faulting');
+  });
+
+  it("reports an instruction KVM cannot emulate as 'crash' with the instruction's bytes (or runs it, on hardware)", async () => {
+    const { vm, out } = await boot('cmpxchg16b');
+    const exit = await vm.wait(LIMIT_MS);
+    await out.until(/trying cmpxchg16b/);
+    if (hardwareKvmMissing(probeKvm()) === null) {
+      expect(exit.reason).toBe('poweroff');
+      expect(out.text).toContain('survived: 1');
+    } else {
+      // PVM: guest code goes through KVM's instruction emulator, which has no cmpxchg16b
+      expect(exit.reason).toBe('crash');
+      expect(exit.detail).toMatch(/KVM internal error: emulation failure/);
+      expect(exit.detail).toMatch(/instruction bytes: f0 48 0f c7/);
+      expect(exit.detail).toMatch(/rip=0x[0-9a-f]{16}/);
+      expect(out.text).not.toContain('survived');
+    }
   });
 
   it('serves virtio-blk reads, writes and flushes, and refuses requests past the end', async () => {
