@@ -38,19 +38,12 @@ const char *nacelle_errno_name(int err) {
   return name;
 }
 
-napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const char *path) {
+/* An Error shaped like Node's fs errors (code, errno, syscall, path), with the given message. */
+napi_value nacelle_error_with_message(napi_env env, int err, const char *syscall, const char *path, const char *message) {
   if (err < 0) err = -err;
-  const char *code = nacelle_errno_name(err);
-  const char *desc = strncmp(uv_strerror(-err), "Unknown", 7) == 0 ? strerror(err) : uv_strerror(-err);
-  char msg[1024];
-  if (path)
-    snprintf(msg, sizeof msg, "%s: %s, %s '%s'", code, desc, syscall, path);
-  else
-    snprintf(msg, sizeof msg, "%s: %s, %s", code, desc, syscall);
-
   napi_value code_v, msg_v, error, v;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
-  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &msg_v);
+  napi_create_string_utf8(env, nacelle_errno_name(err), NAPI_AUTO_LENGTH, &code_v);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg_v);
   napi_create_error(env, code_v, msg_v, &error);
   napi_create_int32(env, -err, &v);
   napi_set_named_property(env, error, "errno", v);
@@ -61,6 +54,18 @@ napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const
     napi_set_named_property(env, error, "path", v);
   }
   return error;
+}
+
+napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const char *path) {
+  if (err < 0) err = -err;
+  const char *code = nacelle_errno_name(err);
+  const char *desc = strncmp(uv_strerror(-err), "Unknown", 7) == 0 ? strerror(err) : uv_strerror(-err);
+  char msg[1024];
+  if (path)
+    snprintf(msg, sizeof msg, "%s: %s, %s '%s'", code, desc, syscall, path);
+  else
+    snprintf(msg, sizeof msg, "%s: %s, %s", code, desc, syscall);
+  return nacelle_error_with_message(env, err, syscall, path, msg);
 }
 
 void nacelle_throw_errno(napi_env env, int err, const char *syscall, const char *path) {

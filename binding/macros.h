@@ -43,6 +43,7 @@
 const char *nacelle_errno_name(int err);
 void nacelle_throw_last(napi_env env, napi_status status);
 napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const char *path);
+napi_value nacelle_error_with_message(napi_env env, int err, const char *syscall, const char *path, const char *message);
 void nacelle_throw_errno(napi_env env, int err, const char *syscall, const char *path);
 
 /* A list of allocations freed together (one per request). */

@@ -23,9 +23,6 @@
 #define BOOT_ARCH_NO_VGA 0x0004
 #define BOOT_ARCH_NO_CMOS_RTC 0x0020
 
-static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
 static uint8_t sum8(const uint8_t *p, size_t n) {
   uint8_t s = 0;
@@ -36,13 +33,13 @@ static uint8_t sum8(const uint8_t *p, size_t n) {
 /* The 36-byte header every table but the RSDP starts with; the checksum is set last. */
 static void header(uint8_t *t, const char sig[4], uint32_t len, uint8_t rev) {
   memcpy(t, sig, 4);
-  put32(t + 4, len);
+  le_put32(t + 4, len);
   t[8] = rev;
   memcpy(t + 10, "NACELL", 6);
   memcpy(t + 16, "NACELLEV", 8);
-  put32(t + 24, 1);
+  le_put32(t + 24, 1);
   memcpy(t + 28, "NCLE", 4);
-  put32(t + 32, 1);
+  le_put32(t + 32, 1);
 }
 
 static void finish(uint8_t *t, uint32_t len) {
@@ -56,7 +53,7 @@ static void gas_port(uint8_t *g, uint16_t port) {
   g[1] = 8; /* bit width */
   g[2] = 0;
   g[3] = 1; /* byte access */
-  put64(g + 4, port);
+  le_put64(g + 4, port);
 }
 
 /* ---- a little AML ------------------------------------------------------------ */
@@ -147,15 +144,15 @@ static void virtio_device(struct aml *a, int index, uint64_t base, uint32_t irq)
   name_string(a, "_CRS");
   uint8_t res[23];
   res[0] = 0x86; /* Memory32Fixed */
-  put16(res + 1, 9);
+  le_put16(res + 1, 9);
   res[3] = 1; /* read-write */
-  put32(res + 4, (uint32_t)base);
-  put32(res + 8, (uint32_t)GUEST_MMIO_STRIDE);
+  le_put32(res + 4, (uint32_t)base);
+  le_put32(res + 8, (uint32_t)GUEST_MMIO_STRIDE);
   res[12] = 0x89; /* Extended Interrupt */
-  put16(res + 13, 6);
+  le_put16(res + 13, 6);
   res[15] = 0x03; /* consumer, edge, active high, exclusive */
   res[16] = 1;
-  put32(res + 17, irq);
+  le_put32(res + 17, irq);
   res[21] = 0x79; /* End Tag */
   res[22] = 0;
   emit1(a, 0x11); /* BufferOp */
@@ -206,32 +203,32 @@ int acpi_write(struct vm *vm, uint64_t *rsdp_out) {
   uint32_t madt_len = 44 + 8 * (uint32_t)vm->ncpus + 12;
   if (madt + madt_len > dsdt) return -ENOSPC;
   header(p, "APIC", madt_len, 4);
-  put32(p + 36, (uint32_t)LAPIC_BASE);
-  put32(p + 40, 1); /* PCAT_COMPAT: there are 8259s */
+  le_put32(p + 36, (uint32_t)LAPIC_BASE);
+  le_put32(p + 40, 1); /* PCAT_COMPAT: there are 8259s */
   uint8_t *e = p + 44;
   for (int i = 0; i < vm->ncpus; i++, e += 8) {
     e[0] = 0;
     e[1] = 8;
     e[2] = (uint8_t)i; /* processor UID */
     e[3] = (uint8_t)i; /* APIC id */
-    put32(e + 4, 1);   /* enabled */
+    le_put32(e + 4, 1);   /* enabled */
   }
   e[0] = 1;
   e[1] = 12;
   e[2] = (uint8_t)vm->ncpus; /* IOAPIC id, after the LAPICs' */
-  put32(e + 4, (uint32_t)IOAPIC_BASE);
-  put32(e + 8, 0);
+  le_put32(e + 4, (uint32_t)IOAPIC_BASE);
+  le_put32(e + 8, 0);
   finish(p, madt_len);
 
   /* FADT, revision 6: hardware-reduced */
   p = area + (fadt - ACPI_BASE);
   const uint32_t fadt_len = 276;
   header(p, "FACP", fadt_len, 6);
-  put32(p + 40, (uint32_t)dsdt);
-  put16(p + 109, BOOT_ARCH_8042 | BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS_RTC);
-  put32(p + 112, FADT_HW_REDUCED | FADT_PWR_BUTTON | FADT_SLP_BUTTON);
+  le_put32(p + 40, (uint32_t)dsdt);
+  le_put16(p + 109, BOOT_ARCH_8042 | BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS_RTC);
+  le_put32(p + 112, FADT_HW_REDUCED | FADT_PWR_BUTTON | FADT_SLP_BUTTON);
   p[131] = 0; /* minor version */
-  put64(p + 140, dsdt);
+  le_put64(p + 140, dsdt);
   gas_port(p + 244, ACPI_SLEEP_CONTROL_PORT);
   gas_port(p + 256, ACPI_SLEEP_STATUS_PORT);
   memcpy(p + 268, "NACELLE", 7); /* hypervisor vendor identity */
@@ -241,8 +238,8 @@ int acpi_write(struct vm *vm, uint64_t *rsdp_out) {
   p = area + (xsdt - ACPI_BASE);
   uint32_t xsdt_len = 36 + 8 * 2;
   header(p, "XSDT", xsdt_len, 1);
-  put64(p + 36, fadt);
-  put64(p + 44, madt);
+  le_put64(p + 36, fadt);
+  le_put64(p + 44, madt);
   finish(p, xsdt_len);
 
   /* RSDP (ACPI 2.0+) */
@@ -250,8 +247,8 @@ int acpi_write(struct vm *vm, uint64_t *rsdp_out) {
   memcpy(p, "RSD PTR ", 8);
   memcpy(p + 9, "NACELL", 6);
   p[15] = 2;
-  put32(p + 20, 36);
-  put64(p + 24, xsdt);
+  le_put32(p + 20, 36);
+  le_put64(p + 24, xsdt);
   p[8] = (uint8_t)-sum8(p, 20);
   p[32] = (uint8_t)-sum8(p, 36);
   *rsdp_out = rsdp;

@@ -56,19 +56,6 @@
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
 #define HVM_START_MAGIC 0x336ec578u
 
-static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-
-#define FAIL(code, ...)                       \
-  do {                                        \
-    if (err) snprintf(err, errlen, __VA_ARGS__); \
-    rc = -(code);                             \
-    goto out;                                 \
-  } while (0)
 
 static int pread_full(int fd, void *buf, size_t len, off_t off) {
   uint8_t *p = buf;
@@ -187,26 +174,26 @@ int mptable_write(struct vm *vm) {
   memset(fp, 0, 16 + cfg_len);
   uint8_t *cfg = fp + 16;
   memcpy(fp, "_MP_", 4);
-  wr32(fp + 4, (uint32_t)(GUEST_MPTABLE + 16));
+  le_put32(fp + 4, (uint32_t)(GUEST_MPTABLE + 16));
   fp[8] = 1; /* length in 16-byte units */
   fp[9] = 4; /* spec 1.4 */
   fp[10] = checksum(fp, 16);
 
   memcpy(cfg, "PCMP", 4);
-  wr16(cfg + 4, (uint16_t)cfg_len);
+  le_put16(cfg + 4, (uint16_t)cfg_len);
   cfg[6] = 4;
   memcpy(cfg + 8, "NACELLE ", 8);
   memcpy(cfg + 16, "MICROVM     ", 12);
   uint16_t count = 0;
-  wr32(cfg + 36, (uint32_t)LAPIC_BASE);
+  le_put32(cfg + 36, (uint32_t)LAPIC_BASE);
   uint8_t *p = cfg + 44;
   for (int i = 0; i < vm->ncpus; i++, count++, p += 20) {
     p[0] = 0; /* processor */
     p[1] = (uint8_t)i;
     p[2] = 0x14; /* LAPIC version */
     p[3] = 0x01 | (i == 0 ? 0x02 : 0); /* enabled, BSP */
-    wr32(p + 4, 0x600);                /* family 6 */
-    wr32(p + 8, 0x201);                /* FPU, APIC */
+    le_put32(p + 4, 0x600);                /* family 6 */
+    le_put32(p + 8, 0x201);                /* FPU, APIC */
   }
   p[0] = 1; /* bus 0: ISA */
   memcpy(p + 2, "ISA   ", 6);
@@ -216,12 +203,12 @@ int mptable_write(struct vm *vm) {
   p[1] = ioapic_id;
   p[2] = 0x11;
   p[3] = 1;
-  wr32(p + 4, (uint32_t)IOAPIC_BASE);
+  le_put32(p + 4, (uint32_t)IOAPIC_BASE);
   p += 8, count++;
   for (int irq = 0; irq < nirq; irq++, p += 8, count++) {
     p[0] = 3; /* I/O interrupt */
     p[1] = 0; /* INT */
-    wr16(p + 2, 0);
+    le_put16(p + 2, 0);
     p[4] = 0; /* ISA */
     p[5] = (uint8_t)irq;
     p[6] = ioapic_id;
@@ -237,7 +224,7 @@ int mptable_write(struct vm *vm) {
   p[6] = 0xff;
   p[7] = 1;
   p += 8, count++;
-  wr16(cfg + 34, count);
+  le_put16(cfg + 34, count);
   cfg[7] = checksum(cfg, cfg_len);
   return 0;
 }
@@ -261,19 +248,19 @@ static int load_initrd(struct vm *vm, const char *path, uint64_t kernel_end, uin
                        uint64_t *size, char *err, size_t errlen) {
   int rc = 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) FAIL(errno, "open initrd %s: %s", path, strerror(errno));
+  if (fd < 0) KVM_FAIL(errno, "open initrd %s: %s", path, strerror(errno));
   struct stat st;
-  if (fstat(fd, &st) < 0) FAIL(errno, "stat initrd %s: %s", path, strerror(errno));
-  if (!S_ISREG(st.st_mode)) FAIL(EINVAL, "initrd %s is not a regular file", path);
+  if (fstat(fd, &st) < 0) KVM_FAIL(errno, "stat initrd %s: %s", path, strerror(errno));
+  if (!S_ISREG(st.st_mode)) KVM_FAIL(EINVAL, "initrd %s is not a regular file", path);
   uint64_t top = vm->mem.size < limit ? vm->mem.size : limit;
   uint64_t len = (uint64_t)st.st_size;
-  if (len == 0) FAIL(EINVAL, "initrd %s is empty", path);
+  if (len == 0) KVM_FAIL(EINVAL, "initrd %s is empty", path);
   if (len > top || ((top - len) & ~0xfffULL) < kernel_end)
-    FAIL(ENOSPC, "initrd %s (%llu bytes) does not fit in guest memory (%llu MiB) above the kernel", path,
+    KVM_FAIL(ENOSPC, "initrd %s (%llu bytes) does not fit in guest memory (%llu MiB) above the kernel", path,
          (unsigned long long)len, (unsigned long long)(vm->mem.size >> 20));
   uint64_t at = (top - len) & ~0xfffULL;
   int r = pread_full(fd, gpa_to_hva(&vm->mem, at, len), len, 0);
-  if (r < 0) FAIL(-r, "read initrd %s: %s", path, strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "read initrd %s: %s", path, strerror(-r));
   *addr = at;
   *size = len;
 out:
@@ -282,23 +269,23 @@ out:
 }
 
 static void fill_e820(struct vm *vm, uint8_t *bp) {
-  wr64(bp + BP_ACPI_RSDP_ADDR, GUEST_ACPI_RSDP);
+  le_put64(bp + BP_ACPI_RSDP_ADDR, GUEST_ACPI_RSDP);
   struct e820 m[4];
   int n = memory_map(vm, m);
   bp[BP_E820_ENTRIES] = (uint8_t)n;
   for (int i = 0; i < n; i++) {
     uint8_t *e = bp + BP_E820_TABLE + 20 * i;
-    wr64(e, m[i].addr);
-    wr64(e + 8, m[i].size);
-    wr32(e + 16, m[i].type);
+    le_put64(e, m[i].addr);
+    le_put64(e + 8, m[i].size);
+    le_put32(e + 16, m[i].type);
   }
 }
 
 static void set_initrd_fields(uint8_t *bp, uint64_t addr, uint64_t size) {
-  wr32(bp + HDR_RAMDISK_IMAGE, (uint32_t)addr);
-  wr32(bp + HDR_RAMDISK_SIZE, (uint32_t)size);
-  wr32(bp + BP_EXT_RAMDISK_IMAGE, (uint32_t)(addr >> 32));
-  wr32(bp + BP_EXT_RAMDISK_SIZE, (uint32_t)(size >> 32));
+  le_put32(bp + HDR_RAMDISK_IMAGE, (uint32_t)addr);
+  le_put32(bp + HDR_RAMDISK_SIZE, (uint32_t)size);
+  le_put32(bp + BP_EXT_RAMDISK_IMAGE, (uint32_t)(addr >> 32));
+  le_put32(bp + BP_EXT_RAMDISK_SIZE, (uint32_t)(size >> 32));
 }
 
 /* ---- bzImage ------------------------------------------------------------------------- */
@@ -307,26 +294,26 @@ static int load_bzimage(struct vm *vm, int fd, uint64_t fsize, const struct boot
   int rc = 0;
   uint8_t hdr[0x400];
   int r = pread_full(fd, hdr, sizeof hdr, 0);
-  if (r < 0) FAIL(-r, "read %s: %s", cfg->kernel_path, strerror(-r));
-  uint16_t version = rd16(hdr + HDR_VERSION);
-  if (version < 0x020c || !(rd16(hdr + HDR_XLOADFLAGS) & XLF_KERNEL_64))
-    FAIL(ENOEXEC, "%s is a bzImage without a 64-bit entry point (boot protocol %u.%02u, needs 2.12 and XLF_KERNEL_64)",
+  if (r < 0) KVM_FAIL(-r, "read %s: %s", cfg->kernel_path, strerror(-r));
+  uint16_t version = le_get16(hdr + HDR_VERSION);
+  if (version < 0x020c || !(le_get16(hdr + HDR_XLOADFLAGS) & XLF_KERNEL_64))
+    KVM_FAIL(ENOEXEC, "%s is a bzImage without a 64-bit entry point (boot protocol %u.%02u, needs 2.12 and XLF_KERNEL_64)",
          cfg->kernel_path, version >> 8, version & 0xff);
   unsigned setup_sects = hdr[HDR_SETUP_SECTS] ? hdr[HDR_SETUP_SECTS] : 4;
   uint64_t pm_off = (uint64_t)(setup_sects + 1) * 512;
-  if (pm_off >= fsize) FAIL(ENOEXEC, "%s: setup_sects (%u) points past the end of the file", cfg->kernel_path, setup_sects);
+  if (pm_off >= fsize) KVM_FAIL(ENOEXEC, "%s: setup_sects (%u) points past the end of the file", cfg->kernel_path, setup_sects);
   uint64_t pm_size = fsize - pm_off;
   uint64_t load = GUEST_KERNEL;
-  uint64_t pref = rd64(hdr + HDR_PREF_ADDRESS);
+  uint64_t pref = le_get64(hdr + HDR_PREF_ADDRESS);
   if (!hdr[HDR_RELOCATABLE] && version >= 0x020a && pref >= GUEST_KERNEL) load = pref;
-  uint64_t init_size = rd32(hdr + HDR_INIT_SIZE);
+  uint64_t init_size = le_get32(hdr + HDR_INIT_SIZE);
   uint64_t span = init_size > pm_size ? init_size : pm_size;
   if (!gpa_to_hva(&vm->mem, load, span))
-    FAIL(ENOSPC, "%s needs %llu MiB of guest memory at 0x%llx, more than the VM has (%llu MiB)", cfg->kernel_path,
+    KVM_FAIL(ENOSPC, "%s needs %llu MiB of guest memory at 0x%llx, more than the VM has (%llu MiB)", cfg->kernel_path,
          (unsigned long long)((span + (1 << 20) - 1) >> 20), (unsigned long long)load,
          (unsigned long long)(vm->mem.size >> 20));
   r = pread_full(fd, gpa_to_hva(&vm->mem, load, pm_size), pm_size, (off_t)pm_off);
-  if (r < 0) FAIL(-r, "read %s: %s", cfg->kernel_path, strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "read %s: %s", cfg->kernel_path, strerror(-r));
 
   uint8_t *bp = gpa_to_hva(&vm->mem, GUEST_BOOT_PARAMS, 4096);
   memset(bp, 0, 4096);
@@ -335,13 +322,13 @@ static int load_bzimage(struct vm *vm, int fd, uint64_t fsize, const struct boot
   memcpy(bp + BP_HDR, hdr + BP_HDR, hdr_end - BP_HDR);
   bp[HDR_TYPE_OF_LOADER] = 0xff;
   bp[HDR_LOADFLAGS] |= 0x01; /* LOADED_HIGH */
-  wr32(bp + HDR_CMD_LINE_PTR, (uint32_t)GUEST_CMDLINE);
-  wr32(bp + BP_EXT_CMD_LINE_PTR, 0);
-  uint32_t cmdline_size = version >= 0x0206 ? rd32(hdr + HDR_CMDLINE_SIZE) : 255;
+  le_put32(bp + HDR_CMD_LINE_PTR, (uint32_t)GUEST_CMDLINE);
+  le_put32(bp + BP_EXT_CMD_LINE_PTR, 0);
+  uint32_t cmdline_size = version >= 0x0206 ? le_get32(hdr + HDR_CMDLINE_SIZE) : 255;
   r = put_cmdline(vm, cfg->cmdline, cmdline_size, err, errlen);
   if (r < 0) return r;
   if (cfg->initrd_path) {
-    uint64_t max = rd32(hdr + HDR_INITRD_ADDR_MAX);
+    uint64_t max = le_get32(hdr + HDR_INITRD_ADDR_MAX);
     if (max == 0) max = 0x37ffffff;
     uint64_t addr, size;
     r = load_initrd(vm, cfg->initrd_path, load + span, max + 1, &addr, &size, err, errlen);
@@ -351,7 +338,7 @@ static int load_bzimage(struct vm *vm, int fd, uint64_t fsize, const struct boot
   fill_e820(vm, bp);
   write_gdt_and_page_tables(vm);
   r = set_bsp_regs(vm, true, load + 0x200, GUEST_BOOT_PARAMS, 0);
-  if (r < 0) FAIL(-r, "setting the boot vCPU's registers: %s", strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "setting the boot vCPU's registers: %s", strerror(-r));
 out:
   return rc;
 }
@@ -362,29 +349,29 @@ static int load_elf(struct vm *vm, int fd, uint64_t fsize, const struct boot_con
   int rc = 0;
   Elf64_Ehdr eh;
   int r = pread_full(fd, &eh, sizeof eh, 0);
-  if (r < 0) FAIL(ENOEXEC, "%s: truncated ELF header", cfg->kernel_path);
+  if (r < 0) KVM_FAIL(ENOEXEC, "%s: truncated ELF header", cfg->kernel_path);
   if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64)
-    FAIL(ENOEXEC, "%s is an ELF file but not an x86-64 kernel (class %u, machine %u)", cfg->kernel_path,
+    KVM_FAIL(ENOEXEC, "%s is an ELF file but not an x86-64 kernel (class %u, machine %u)", cfg->kernel_path,
          eh.e_ident[EI_CLASS], eh.e_machine);
   if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 64 ||
       eh.e_phoff > fsize || (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr) > fsize - eh.e_phoff)
-    FAIL(ENOEXEC, "%s: bad ELF program headers", cfg->kernel_path);
+    KVM_FAIL(ENOEXEC, "%s: bad ELF program headers", cfg->kernel_path);
   Elf64_Phdr ph[64];
   r = pread_full(fd, ph, eh.e_phnum * sizeof(Elf64_Phdr), (off_t)eh.e_phoff);
-  if (r < 0) FAIL(ENOEXEC, "%s: truncated ELF program headers", cfg->kernel_path);
+  if (r < 0) KVM_FAIL(ENOEXEC, "%s: truncated ELF program headers", cfg->kernel_path);
   uint64_t kernel_end = 0, pvh_entry = 0;
   int loads = 0;
   for (int i = 0; i < eh.e_phnum; i++) {
     if (ph[i].p_type == PT_LOAD) {
       if (ph[i].p_filesz > ph[i].p_memsz || ph[i].p_offset > fsize || ph[i].p_filesz > fsize - ph[i].p_offset)
-        FAIL(ENOEXEC, "%s: ELF segment %d lies outside the file", cfg->kernel_path, i);
+        KVM_FAIL(ENOEXEC, "%s: ELF segment %d lies outside the file", cfg->kernel_path, i);
       if (ph[i].p_paddr < GUEST_KERNEL || !gpa_to_hva(&vm->mem, ph[i].p_paddr, ph[i].p_memsz))
-        FAIL(ENOSPC, "%s: ELF segment %d (0x%llx, %llu bytes) does not fit in guest memory (%llu MiB)",
+        KVM_FAIL(ENOSPC, "%s: ELF segment %d (0x%llx, %llu bytes) does not fit in guest memory (%llu MiB)",
              cfg->kernel_path, i, (unsigned long long)ph[i].p_paddr, (unsigned long long)ph[i].p_memsz,
              (unsigned long long)(vm->mem.size >> 20));
       uint8_t *dst = gpa_to_hva(&vm->mem, ph[i].p_paddr, ph[i].p_memsz);
       r = pread_full(fd, dst, ph[i].p_filesz, (off_t)ph[i].p_offset);
-      if (r < 0) FAIL(-r, "read %s: %s", cfg->kernel_path, strerror(-r));
+      if (r < 0) KVM_FAIL(-r, "read %s: %s", cfg->kernel_path, strerror(-r));
       memset(dst + ph[i].p_filesz, 0, ph[i].p_memsz - ph[i].p_filesz);
       if (ph[i].p_paddr + ph[i].p_memsz > kernel_end) kernel_end = ph[i].p_paddr + ph[i].p_memsz;
       loads++;
@@ -396,24 +383,24 @@ static int load_elf(struct vm *vm, int fd, uint64_t fsize, const struct boot_con
       while (left >= 12 && !pvh_entry) {
         uint8_t nh[12];
         if (pread_full(fd, nh, 12, (off_t)off) < 0) break;
-        uint64_t namesz = rd32(nh), descsz = rd32(nh + 4), type = rd32(nh + 8);
+        uint64_t namesz = le_get32(nh), descsz = le_get32(nh + 4), type = le_get32(nh + 8);
         uint64_t nlen = (namesz + 3) & ~3ULL, dlen = (descsz + 3) & ~3ULL;
         if (nlen > left - 12 || dlen > left - 12 - nlen) break;
         if (type == XEN_ELFNOTE_PHYS32_ENTRY && namesz == 4 && descsz >= 4 && nlen + descsz <= sizeof notes &&
             pread_full(fd, notes, nlen + descsz, (off_t)(off + 12)) == 0 && memcmp(notes, "Xen", 4) == 0) {
-          pvh_entry = descsz >= 8 ? rd64(notes + nlen) : rd32(notes + nlen);
+          pvh_entry = descsz >= 8 ? le_get64(notes + nlen) : le_get32(notes + nlen);
         }
         off += 12 + nlen + dlen;
         left -= 12 + nlen + dlen;
       }
     }
   }
-  if (loads == 0) FAIL(ENOEXEC, "%s: ELF file with nothing to load", cfg->kernel_path);
+  if (loads == 0) KVM_FAIL(ENOEXEC, "%s: ELF file with nothing to load", cfg->kernel_path);
 
   uint64_t initrd_addr = 0, initrd_size = 0;
   if (pvh_entry) {
     if (!gpa_to_hva(&vm->mem, pvh_entry, 1))
-      FAIL(ENOEXEC, "%s: PVH entry 0x%llx is outside guest memory", cfg->kernel_path, (unsigned long long)pvh_entry);
+      KVM_FAIL(ENOEXEC, "%s: PVH entry 0x%llx is outside guest memory", cfg->kernel_path, (unsigned long long)pvh_entry);
     r = put_cmdline(vm, cfg->cmdline, GUEST_CMDLINE_MAX - 1, err, errlen);
     if (r < 0) return r;
     if (cfg->initrd_path) {
@@ -423,46 +410,46 @@ static int load_elf(struct vm *vm, int fd, uint64_t fsize, const struct boot_con
     /* struct hvm_start_info, then one module entry, then the memory map */
     uint8_t *si = gpa_to_hva(&vm->mem, GUEST_PVH_INFO, 0x400);
     memset(si, 0, 0x400);
-    wr32(si + 0, HVM_START_MAGIC);
-    wr32(si + 4, 1);
+    le_put32(si + 0, HVM_START_MAGIC);
+    le_put32(si + 4, 1);
     if (cfg->initrd_path) {
-      wr32(si + 12, 1);
-      wr64(si + 16, GUEST_PVH_INFO + 0x100);
-      wr64(si + 0x100, initrd_addr);
-      wr64(si + 0x108, initrd_size);
+      le_put32(si + 12, 1);
+      le_put64(si + 16, GUEST_PVH_INFO + 0x100);
+      le_put64(si + 0x100, initrd_addr);
+      le_put64(si + 0x108, initrd_size);
     }
-    wr64(si + 24, GUEST_CMDLINE);
-    wr64(si + 32, GUEST_ACPI_RSDP);
+    le_put64(si + 24, GUEST_CMDLINE);
+    le_put64(si + 32, GUEST_ACPI_RSDP);
     struct e820 m[4];
     int n = memory_map(vm, m);
-    wr64(si + 40, GUEST_PVH_INFO + 0x200);
-    wr32(si + 48, (uint32_t)n);
+    le_put64(si + 40, GUEST_PVH_INFO + 0x200);
+    le_put32(si + 48, (uint32_t)n);
     for (int i = 0; i < n; i++) {
       uint8_t *e = si + 0x200 + 24 * i;
-      wr64(e, m[i].addr);
-      wr64(e + 8, m[i].size);
-      wr32(e + 16, m[i].type);
+      le_put64(e, m[i].addr);
+      le_put64(e + 8, m[i].size);
+      le_put32(e + 16, m[i].type);
     }
     write_gdt_and_page_tables(vm);
     r = set_bsp_regs(vm, false, pvh_entry, 0, GUEST_PVH_INFO);
-    if (r < 0) FAIL(-r, "setting the boot vCPU's registers: %s", strerror(-r));
+    if (r < 0) KVM_FAIL(-r, "setting the boot vCPU's registers: %s", strerror(-r));
     return 0;
   }
 
   /* no PVH note: Linux's 64-bit boot protocol at e_entry, as for a bzImage */
   if (!gpa_to_hva(&vm->mem, eh.e_entry, 1))
-    FAIL(ENOEXEC, "%s: entry point 0x%llx is outside guest memory and there is no PVH note", cfg->kernel_path,
+    KVM_FAIL(ENOEXEC, "%s: entry point 0x%llx is outside guest memory and there is no PVH note", cfg->kernel_path,
          (unsigned long long)eh.e_entry);
   uint8_t *bp = gpa_to_hva(&vm->mem, GUEST_BOOT_PARAMS, 4096);
   memset(bp, 0, 4096);
-  wr16(bp + HDR_BOOT_FLAG, 0xaa55);
-  wr32(bp + HDR_MAGIC, 0x53726448);
-  wr16(bp + HDR_VERSION, 0x020f);
+  le_put16(bp + HDR_BOOT_FLAG, 0xaa55);
+  le_put32(bp + HDR_MAGIC, 0x53726448);
+  le_put16(bp + HDR_VERSION, 0x020f);
   bp[HDR_TYPE_OF_LOADER] = 0xff;
   bp[HDR_LOADFLAGS] = 0x01;
-  wr32(bp + HDR_KERNEL_ALIGNMENT, 0x1000000);
-  wr32(bp + HDR_CMD_LINE_PTR, (uint32_t)GUEST_CMDLINE);
-  wr32(bp + HDR_CMDLINE_SIZE, GUEST_CMDLINE_MAX - 1);
+  le_put32(bp + HDR_KERNEL_ALIGNMENT, 0x1000000);
+  le_put32(bp + HDR_CMD_LINE_PTR, (uint32_t)GUEST_CMDLINE);
+  le_put32(bp + HDR_CMDLINE_SIZE, GUEST_CMDLINE_MAX - 1);
   r = put_cmdline(vm, cfg->cmdline, GUEST_CMDLINE_MAX - 1, err, errlen);
   if (r < 0) return r;
   if (cfg->initrd_path) {
@@ -473,7 +460,7 @@ static int load_elf(struct vm *vm, int fd, uint64_t fsize, const struct boot_con
   fill_e820(vm, bp);
   write_gdt_and_page_tables(vm);
   r = set_bsp_regs(vm, true, eh.e_entry, GUEST_BOOT_PARAMS, 0);
-  if (r < 0) FAIL(-r, "setting the boot vCPU's registers: %s", strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "setting the boot vCPU's registers: %s", strerror(-r));
 out:
   return rc;
 }
@@ -487,23 +474,23 @@ int boot_load(struct vm *vm, const struct boot_config *cfg, char *err, size_t er
     return -e;
   }
   struct stat st;
-  if (fstat(fd, &st) < 0) FAIL(errno, "stat kernel %s: %s", cfg->kernel_path, strerror(errno));
-  if (!S_ISREG(st.st_mode)) FAIL(EINVAL, "kernel %s is not a regular file", cfg->kernel_path);
+  if (fstat(fd, &st) < 0) KVM_FAIL(errno, "stat kernel %s: %s", cfg->kernel_path, strerror(errno));
+  if (!S_ISREG(st.st_mode)) KVM_FAIL(EINVAL, "kernel %s is not a regular file", cfg->kernel_path);
   uint8_t head[0x210];
   memset(head, 0, sizeof head);
   ssize_t n = pread(fd, head, sizeof head, 0);
-  if (n < 0) FAIL(errno, "read kernel %s: %s", cfg->kernel_path, strerror(errno));
+  if (n < 0) KVM_FAIL(errno, "read kernel %s: %s", cfg->kernel_path, strerror(errno));
   int r = mptable_write(vm);
-  if (r < 0) FAIL(-r, "writing the MP table for %d vCPUs: %s", vm->ncpus, strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "writing the MP table for %d vCPUs: %s", vm->ncpus, strerror(-r));
   uint64_t rsdp;
   r = acpi_write(vm, &rsdp);
-  if (r < 0) FAIL(-r, "writing the ACPI tables: %s", strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "writing the ACPI tables: %s", strerror(-r));
   if (n >= 4 && memcmp(head, ELFMAG, SELFMAG) == 0) {
     rc = load_elf(vm, fd, (uint64_t)st.st_size, cfg, err, errlen);
-  } else if (n >= 0x206 && rd32(head + HDR_MAGIC) == 0x53726448 && (uint64_t)st.st_size > 0x400) {
+  } else if (n >= 0x206 && le_get32(head + HDR_MAGIC) == 0x53726448 && (uint64_t)st.st_size > 0x400) {
     rc = load_bzimage(vm, fd, (uint64_t)st.st_size, cfg, err, errlen);
   } else {
-    FAIL(ENOEXEC, "%s is not a kernel: neither a bzImage (no HdrS boot header) nor an ELF vmlinux", cfg->kernel_path);
+    KVM_FAIL(ENOEXEC, "%s is not a kernel: neither a bzImage (no HdrS boot header) nor an ELF vmlinux", cfg->kernel_path);
   }
 out:
   close(fd);

@@ -49,6 +49,24 @@
 #define IOAPIC_BASE 0xfec00000ULL
 #define LAPIC_BASE 0xfee00000ULL
 
+/* ---- helpers ----------------------------------------------------------------- */
+
+/* Little-endian fields at any alignment (boot structures, ACPI, MP tables, snapshots). */
+static inline void le_put16(uint8_t *p, uint16_t v) { __builtin_memcpy(p, &v, 2); }
+static inline void le_put32(uint8_t *p, uint32_t v) { __builtin_memcpy(p, &v, 4); }
+static inline void le_put64(uint8_t *p, uint64_t v) { __builtin_memcpy(p, &v, 8); }
+static inline uint16_t le_get16(const uint8_t *p) { uint16_t v; __builtin_memcpy(&v, p, 2); return v; }
+static inline uint32_t le_get32(const uint8_t *p) { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+static inline uint64_t le_get64(const uint8_t *p) { uint64_t v; __builtin_memcpy(&v, p, 8); return v; }
+
+/* In a function with `int rc`, `char *err, size_t errlen` and an `out:` label: say why, fail with -code. */
+#define KVM_FAIL(code, ...)                      \
+  do {                                           \
+    if (err) snprintf(err, errlen, __VA_ARGS__); \
+    rc = -(code);                                \
+    goto out;                                    \
+  } while (0)
+
 /* ---- guest memory ---------------------------------------------------------- */
 
 struct guest_mem {

@@ -40,20 +40,12 @@ struct vm_handle {
 static struct vm_handle *live_handles;
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* A monitor error: the errno's name as code, and what the monitor said as the message. */
 static napi_value kvm_error(napi_env env, int err, const char *detail) {
   if (err < 0) err = -err;
-  const char *code = nacelle_errno_name(err);
   char msg[2300];
-  snprintf(msg, sizeof msg, "%s: %s", code, detail && *detail ? detail : strerror(err));
-  napi_value code_v, msg_v, error, v;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
-  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &msg_v);
-  napi_create_error(env, code_v, msg_v, &error);
-  napi_create_int32(env, -err, &v);
-  napi_set_named_property(env, error, "errno", v);
-  napi_create_string_utf8(env, "kvm", NAPI_AUTO_LENGTH, &v);
-  napi_set_named_property(env, error, "syscall", v);
-  return error;
+  snprintf(msg, sizeof msg, "%s: %s", nacelle_errno_name(err), detail && *detail ? detail : strerror(err));
+  return nacelle_error_with_message(env, err, "kvm", NULL, msg);
 }
 
 static void close_fd(int *fd) {

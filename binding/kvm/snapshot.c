@@ -88,13 +88,6 @@ static size_t payload_size(struct vm *vm) {
          i8042_state_size() + virtio_state_size(vm);
 }
 
-#define FAIL(code, ...)                          \
-  do {                                           \
-    if (err) snprintf(err, errlen, __VA_ARGS__); \
-    rc = -(code);                                \
-    goto out;                                    \
-  } while (0)
-
 static int write_all(int fd, const void *buf, size_t len) {
   const uint8_t *p = buf;
   while (len) {
@@ -105,6 +98,20 @@ static int write_all(int fd, const void *buf, size_t len) {
     len -= (size_t)n;
   }
   return 0;
+}
+
+/* KVM_GET_MSRS or KVM_SET_MSRS for one MSR; returns what the ioctl does (1: done). */
+static int msr_one(int fd, unsigned long req, struct kvm_msr_entry *e) {
+  struct {
+    struct kvm_msrs hdr;
+    struct kvm_msr_entry e;
+  } one;
+  memset(&one, 0, sizeof one);
+  one.hdr.nmsrs = 1;
+  one.e = *e;
+  int r = ioctl(fd, req, &one);
+  *e = one.e;
+  return r;
 }
 
 static int save_vcpu(struct vcpu *c, struct vcpu_blob *b) {
@@ -119,14 +126,8 @@ static int save_vcpu(struct vcpu *c, struct vcpu_blob *b) {
   /* MSRs one at a time: KVM stops at the first one it does not know. */
   b->nmsrs = 0;
   for (size_t i = 0; i < NMSRS; i++) {
-    struct {
-      struct kvm_msrs hdr;
-      struct kvm_msr_entry e;
-    } one;
-    memset(&one, 0, sizeof one);
-    one.hdr.nmsrs = 1;
-    one.e.index = snap_msrs[i];
-    if (ioctl(c->fd, KVM_GET_MSRS, &one) == 1) b->msrs[b->nmsrs++] = one.e;
+    struct kvm_msr_entry e = {.index = snap_msrs[i]};
+    if (msr_one(c->fd, KVM_GET_MSRS, &e) == 1) b->msrs[b->nmsrs++] = e;
   }
   return 0;
 }
@@ -140,14 +141,8 @@ static int load_vcpu(struct vcpu *c, const struct vcpu_blob *b) {
   if (ioctl(c->fd, KVM_SET_DEBUGREGS, &b->dregs) < 0) return -errno;
   if (ioctl(c->fd, KVM_SET_LAPIC, &b->lapic) < 0) return -errno;
   for (uint32_t i = 0; i < b->nmsrs && i < NMSRS; i++) {
-    struct {
-      struct kvm_msrs hdr;
-      struct kvm_msr_entry e;
-    } one;
-    memset(&one, 0, sizeof one);
-    one.hdr.nmsrs = 1;
-    one.e = b->msrs[i];
-    if (ioctl(c->fd, KVM_SET_MSRS, &one) < 0) return -errno;
+    struct kvm_msr_entry e = b->msrs[i];
+    if (msr_one(c->fd, KVM_SET_MSRS, &e) < 0) return -errno;
   }
   if (ioctl(c->fd, KVM_SET_VCPU_EVENTS, &b->events) < 0) return -errno;
   return 0;
@@ -201,22 +196,22 @@ int vm_snapshot(struct vm *vm, const char *dir, char *err, size_t errlen) {
   pthread_mutex_lock(&vm->lock);
   bool paused = vm->state == VM_PAUSED && !vm->stop_requested;
   pthread_mutex_unlock(&vm->lock);
-  if (!paused) FAIL(EBUSY, "a snapshot needs a paused VM (pause() it first)");
+  if (!paused) KVM_FAIL(EBUSY, "a snapshot needs a paused VM (pause() it first)");
   size_t psize = payload_size(vm);
   payload = calloc(1, psize);
-  if (!payload) FAIL(ENOMEM, "out of memory");
+  if (!payload) KVM_FAIL(ENOMEM, "out of memory");
   uint8_t *p = payload;
   for (int i = 0; i < vm->ncpus; i++, p += sizeof(struct vcpu_blob)) {
     int r = save_vcpu(&vm->cpus[i], (struct vcpu_blob *)p);
-    if (r < 0) FAIL(-r, "saving vCPU %d: %s", i, strerror(-r));
+    if (r < 0) KVM_FAIL(-r, "saving vCPU %d: %s", i, strerror(-r));
   }
   struct vm_blob *vb = (struct vm_blob *)p;
   for (uint32_t i = 0; i < 3; i++) {
     vb->chips[i].chip_id = i;
-    if (ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &vb->chips[i]) < 0) FAIL(errno, "KVM_GET_IRQCHIP %u: %s", i, strerror(errno));
+    if (ioctl(vm->vm_fd, KVM_GET_IRQCHIP, &vb->chips[i]) < 0) KVM_FAIL(errno, "KVM_GET_IRQCHIP %u: %s", i, strerror(errno));
   }
-  if (ioctl(vm->vm_fd, KVM_GET_PIT2, &vb->pit) < 0) FAIL(errno, "KVM_GET_PIT2: %s", strerror(errno));
-  if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &vb->clock) < 0) FAIL(errno, "KVM_GET_CLOCK: %s", strerror(errno));
+  if (ioctl(vm->vm_fd, KVM_GET_PIT2, &vb->pit) < 0) KVM_FAIL(errno, "KVM_GET_PIT2: %s", strerror(errno));
+  if (ioctl(vm->vm_fd, KVM_GET_CLOCK, &vb->clock) < 0) KVM_FAIL(errno, "KVM_GET_CLOCK: %s", strerror(errno));
   p += sizeof *vb;
   serial_save(vm->serial, p);
   p += serial_state_size();
@@ -226,7 +221,7 @@ int vm_snapshot(struct vm *vm, const char *dir, char *err, size_t errlen) {
 
   snprintf(path, sizeof path, "%s/memory", dir);
   int r = write_memory(vm, path);
-  if (r < 0) FAIL(-r, "writing %s: %s", path, strerror(-r));
+  if (r < 0) KVM_FAIL(-r, "writing %s: %s", path, strerror(-r));
 
   struct snap_header h;
   memset(&h, 0, sizeof h);
@@ -241,10 +236,10 @@ int vm_snapshot(struct vm *vm, const char *dir, char *err, size_t errlen) {
   h.header_crc = crc32_buf(&h, offsetof(struct snap_header, header_crc));
   snprintf(path, sizeof path, "%s/vm.state", dir);
   fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) FAIL(errno, "open %s: %s", path, strerror(errno));
+  if (fd < 0) KVM_FAIL(errno, "open %s: %s", path, strerror(errno));
   if ((r = write_all(fd, &h, sizeof h)) < 0 || (r = write_all(fd, payload, psize)) < 0)
-    FAIL(-r, "write %s: %s", path, strerror(-r));
-  if (fsync(fd) < 0) FAIL(errno, "fsync %s: %s", path, strerror(errno));
+    KVM_FAIL(-r, "write %s: %s", path, strerror(-r));
+  if (fsync(fd) < 0) KVM_FAIL(errno, "fsync %s: %s", path, strerror(errno));
 out:
   if (fd >= 0) close(fd);
   free(payload);
@@ -256,17 +251,17 @@ int snapshot_read_header(const char *dir, uint64_t *mem_size, int *ncpus, char *
   char path[4096];
   snprintf(path, sizeof path, "%s/vm.state", dir);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) FAIL(errno, "open %s: %s", path, strerror(errno));
+  if (fd < 0) KVM_FAIL(errno, "open %s: %s", path, strerror(errno));
   struct snap_header h;
   ssize_t n = read(fd, &h, sizeof h);
   if (n != (ssize_t)sizeof h || memcmp(h.magic, SNAP_MAGIC, 8) != 0)
-    FAIL(EINVAL, "%s is not a nacelle VM snapshot (bad magic)", path);
+    KVM_FAIL(EINVAL, "%s is not a nacelle VM snapshot (bad magic)", path);
   if (h.version != SNAP_VERSION || h.header_size != sizeof h)
-    FAIL(EINVAL, "%s: snapshot format version %u, this build reads version %u", path, h.version, SNAP_VERSION);
+    KVM_FAIL(EINVAL, "%s: snapshot format version %u, this build reads version %u", path, h.version, SNAP_VERSION);
   if (h.header_crc != crc32_buf(&h, offsetof(struct snap_header, header_crc)))
-    FAIL(EINVAL, "%s: the snapshot header is damaged (checksum mismatch)", path);
+    KVM_FAIL(EINVAL, "%s: the snapshot header is damaged (checksum mismatch)", path);
   if (h.ncpus < 1 || h.ncpus > KVM_MAX_VCPUS || h.mem_size < GUEST_RAM_MIN || h.mem_size > GUEST_RAM_MAX)
-    FAIL(EINVAL, "%s: implausible snapshot (%u vCPUs, %llu bytes of memory)", path, h.ncpus, (unsigned long long)h.mem_size);
+    KVM_FAIL(EINVAL, "%s: implausible snapshot (%u vCPUs, %llu bytes of memory)", path, h.ncpus, (unsigned long long)h.mem_size);
   *mem_size = h.mem_size;
   *ncpus = (int)h.ncpus;
 out:
@@ -280,57 +275,57 @@ int vm_restore_state(struct vm *vm, const char *dir, char *err, size_t errlen) {
   char path[4096];
   snprintf(path, sizeof path, "%s/vm.state", dir);
   fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) FAIL(errno, "open %s: %s", path, strerror(errno));
+  if (fd < 0) KVM_FAIL(errno, "open %s: %s", path, strerror(errno));
   struct snap_header h;
   if (read(fd, &h, sizeof h) != (ssize_t)sizeof h || memcmp(h.magic, SNAP_MAGIC, 8) != 0)
-    FAIL(EINVAL, "%s is not a nacelle VM snapshot (bad magic)", path);
+    KVM_FAIL(EINVAL, "%s is not a nacelle VM snapshot (bad magic)", path);
   if (h.version != SNAP_VERSION || h.header_size != sizeof h ||
       h.header_crc != crc32_buf(&h, offsetof(struct snap_header, header_crc)))
-    FAIL(EINVAL, "%s: unreadable snapshot header (version %u or checksum)", path, h.version);
+    KVM_FAIL(EINVAL, "%s: unreadable snapshot header (version %u or checksum)", path, h.version);
   if (h.mem_size != vm->mem.size || h.ncpus != (uint32_t)vm->ncpus || h.nvirtio != (uint32_t)vm->nvirtio)
-    FAIL(EINVAL, "%s: the snapshot is of a different VM (%u vCPUs, %llu MiB, %u virtio devices)", path, h.ncpus,
+    KVM_FAIL(EINVAL, "%s: the snapshot is of a different VM (%u vCPUs, %llu MiB, %u virtio devices)", path, h.ncpus,
          (unsigned long long)(h.mem_size >> 20), h.nvirtio);
   size_t psize = payload_size(vm);
   if (h.payload_size != psize)
-    FAIL(EINVAL, "%s: state size %llu does not match this build's %zu (different host or version)", path,
+    KVM_FAIL(EINVAL, "%s: state size %llu does not match this build's %zu (different host or version)", path,
          (unsigned long long)h.payload_size, psize);
   payload = malloc(psize);
-  if (!payload) FAIL(ENOMEM, "out of memory");
+  if (!payload) KVM_FAIL(ENOMEM, "out of memory");
   size_t got = 0;
   while (got < psize) {
     ssize_t n = read(fd, payload + got, psize - got);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) FAIL(EINVAL, "%s: truncated snapshot state", path);
+    if (n <= 0) KVM_FAIL(EINVAL, "%s: truncated snapshot state", path);
     got += (size_t)n;
   }
-  if (crc32_buf(payload, psize) != h.payload_crc) FAIL(EINVAL, "%s: the snapshot state is damaged (checksum mismatch)", path);
+  if (crc32_buf(payload, psize) != h.payload_crc) KVM_FAIL(EINVAL, "%s: the snapshot state is damaged (checksum mismatch)", path);
   struct stat st;
   snprintf(path, sizeof path, "%s/memory", dir);
   if (stat(path, &st) < 0 || (uint64_t)st.st_size != vm->mem.size)
-    FAIL(EINVAL, "%s: missing, or not the snapshot's memory size", path);
+    KVM_FAIL(EINVAL, "%s: missing, or not the snapshot's memory size", path);
 
   const uint8_t *p = payload;
   const uint8_t *vcpus = p;
   p += (size_t)vm->ncpus * sizeof(struct vcpu_blob);
   const struct vm_blob *vb = (const void *)p;
   p += sizeof *vb;
-  if (ioctl(vm->vm_fd, KVM_SET_PIT2, &vb->pit) < 0) FAIL(errno, "KVM_SET_PIT2: %s", strerror(errno));
+  if (ioctl(vm->vm_fd, KVM_SET_PIT2, &vb->pit) < 0) KVM_FAIL(errno, "KVM_SET_PIT2: %s", strerror(errno));
   struct kvm_clock_data clock = vb->clock;
   clock.flags = 0;
-  if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0) FAIL(errno, "KVM_SET_CLOCK: %s", strerror(errno));
+  if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &clock) < 0) KVM_FAIL(errno, "KVM_SET_CLOCK: %s", strerror(errno));
   for (int i = 0; i < 3; i++) {
     struct kvm_irqchip chip = vb->chips[i];
-    if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chip) < 0) FAIL(errno, "KVM_SET_IRQCHIP %d: %s", i, strerror(errno));
+    if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chip) < 0) KVM_FAIL(errno, "KVM_SET_IRQCHIP %d: %s", i, strerror(errno));
   }
   for (int i = 0; i < vm->ncpus; i++) {
     int r = load_vcpu(&vm->cpus[i], (const struct vcpu_blob *)(vcpus + (size_t)i * sizeof(struct vcpu_blob)));
-    if (r < 0) FAIL(-r, "restoring vCPU %d: %s", i, strerror(-r));
+    if (r < 0) KVM_FAIL(-r, "restoring vCPU %d: %s", i, strerror(-r));
   }
   serial_load(vm->serial, p);
   p += serial_state_size();
   i8042_load(vm->i8042, p);
   p += i8042_state_size();
-  if (virtio_load(vm, p, virtio_state_size(vm)) < 0) FAIL(EINVAL, "%s: the virtio device state does not match the devices given", dir);
+  if (virtio_load(vm, p, virtio_state_size(vm)) < 0) KVM_FAIL(EINVAL, "%s: the virtio device state does not match the devices given", dir);
 out:
   if (fd >= 0) close(fd);
   free(payload);
