@@ -143,6 +143,9 @@ export class VirtualMachine {
     });
     this.console = this.#wrapConsole(created.consoleFd);
     this.channel = created.channelFd >= 0 ? new Socket({ fd: created.channelFd, readable: true, writable: true }) : null;
+    // When the VM ends with bytes the guest never read, its end closes with a reset:
+    // that is the channel ending, not a failure to crash the process over.
+    this.channel?.on('error', () => undefined);
     exitSink.set((e) => void this.#onExit(e));
   }
 
