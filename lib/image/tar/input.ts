@@ -43,6 +43,12 @@ export class StreamQueue implements ChunkSource {
   /** @param stream - read in flowing mode from now on */
   constructor(stream: Readable) {
     this.#stream = stream;
+    // The stream may have failed or ended before anyone listened (a blob whose
+    // digest check failed while the target directory was being looked at):
+    // its events are gone, so take its state as it is now.
+    if (stream.errored) this.#fail(stream.errored);
+    else if (stream.readableEnded) this.#ended = true;
+    else if (stream.destroyed) this.#fail(new LayerError('the layer stream was closed before it was read', { code: 'ERR_LAYER_CORRUPT' }));
     stream.on('data', (chunk: unknown) => {
       try {
         const b = toBuffer(chunk);

@@ -202,12 +202,22 @@ export function encodeGuestConfig(config: GuestConfig, boot: GuestBootConfig = {
   return Buffer.from(recs.map((r) => `${r}\0`).join(''), 'utf8');
 }
 
-/** Inode numbers for one archive (entries are never hard links: nlink 1, so uniqueness is all that matters). */
+/** Inode numbers for one archive; hard-linked files of the rootfs share one. */
 class Inodes {
   #next = 1;
+  #linked = new Map<string, number>();
   /** A fresh inode number. */
   next(): number {
     return this.#next++;
+  }
+  /** The archive inode of a host file with several links, and whether it was seen before. */
+  linked(dev: number, ino: number): { ino: number; seen: boolean } {
+    const key = `${dev}:${ino}`;
+    const have = this.#linked.get(key);
+    if (have !== undefined) return { ino: have, seen: true };
+    const fresh = this.next();
+    this.#linked.set(key, fresh);
+    return { ino: fresh, seen: false };
   }
 }
 
@@ -230,8 +240,19 @@ async function* rootfsEntries(rootfs: string | readonly string[], inodes: Inodes
     const base = { name: e.path === '' ? '.' : e.path, uid: st.uid, gid: st.gid, mtime: Math.floor(st.mtimeMs / 1000), ino: inodes.next() };
     if (st.isDirectory()) yield cpioEntry({ ...base, mode: st.mode, nlink: 2 });
     else if (st.isSymbolicLink()) yield cpioEntry({ ...base, mode: st.mode, nlink: 1 }, Buffer.from(e.linkTarget ?? '', 'utf8'));
-    else if (st.isFile()) {
-      // hard links become copies: the kernel and every cpio reader agree on that
+    else if (st.isFile() && st.nlink > 1) {
+      // Hard links (busybox images link every applet to one binary): the first
+      // name carries the data; the kernel links each later entry with the same
+      // inode and nlink >= 2 to it (init/initramfs.c, maybe_link) without data.
+      const link = inodes.linked(st.dev, st.ino);
+      if (link.seen) {
+        yield cpioEntry({ ...base, ino: link.ino, mode: st.mode, nlink: st.nlink });
+      } else {
+        yield encodeCpioHeader({ ...base, ino: link.ino, mode: st.mode, nlink: st.nlink, size: st.size });
+        yield* fileData(e.source, st.size);
+        yield cpioPadding(st.size);
+      }
+    } else if (st.isFile()) {
       yield encodeCpioHeader({ ...base, mode: st.mode, nlink: 1, size: st.size });
       yield* fileData(e.source, st.size);
       yield cpioPadding(st.size);

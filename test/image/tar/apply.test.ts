@@ -1,5 +1,6 @@
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, utimesSync, writeFileSync, linkSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UnsupportedError } from '../../../lib/errors';
@@ -40,6 +41,18 @@ describe('applyLayer: the OCI layer rules', () => {
     target = makeTempDir('tar-apply');
   });
   afterEach(() => removeTempDir(target));
+
+  it('fails (never waits forever) on a stream that failed or ended before applyLayer was called', async () => {
+    const failed = new PassThrough();
+    failed.on('error', () => undefined); // the caller saw the error: nobody else is left to hear it
+    failed.destroy(new Error('digest mismatch, reported before anyone read'));
+    await new Promise((r) => setImmediate(r));
+    await expect(applyLayer(failed, target)).rejects.toThrow(/digest mismatch, reported before anyone read/);
+    const closed = new PassThrough();
+    closed.destroy();
+    await new Promise((r) => setImmediate(r));
+    await expect(applyLayer(closed, target)).rejects.toThrow(/closed before it was read/);
+  });
 
   it('deletes what .wh. names (files and whole directories) and never creates the whiteout', async () => {
     write(target, { 'etc/a': 'a', 'etc/b': 'b', 'etc/sub/c': 'c', 'keep/x': 'x', 'top': 't' });

@@ -6,7 +6,7 @@
  * test/vm/host.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeBusyboxRootfs } from '../../../lib/image/busybox';
@@ -72,6 +72,7 @@ describe.skipIf(!haveQemu)('guest boot under qemu', () => {
     init = initFixture();
     mkdirSync(join(dir, 'rootfs'));
     writeBusyboxRootfs(join(dir, 'rootfs'));
+    linkSync(join(dir, 'rootfs', 'bin', 'busybox'), join(dir, 'rootfs', 'bin', 'hardlinked-busybox'));
   }, 180_000);
   afterAll(() => {
     fx?.cleanup();
@@ -80,10 +81,12 @@ describe.skipIf(!haveQemu)('guest boot under qemu', () => {
   });
 
   it('boots the initramfs and runs the command, reporting its output and exit code', async () => {
-    const r0 = await buildInitramfs({ rootfs: join(dir, 'rootfs'), kernel: fx.info, config, out: join(dir, 'initrd'), init: init.path });
+    const linked = { ...config, argv: ['sh', '-c', `${config.argv[2]!.replace('; exit 3', '')}; stat -c '%h %i' /bin/busybox /bin/hardlinked-busybox | uniq -c | tr -s ' '; exit 3`] };
+    const r0 = await buildInitramfs({ rootfs: join(dir, 'rootfs'), kernel: fx.info, config: linked, out: join(dir, 'initrd'), init: init.path });
     const r = await boot(fx.info.kernel, r0.path, join(dir, 'chan-initramfs'));
     expect(r.frames[0]?.type, r.console).toBe(FrameType.READY);
-    expect(r.stdout).toBe(`on vmbox\n${fx.info.release}\n/init \n`); // the guest's own kernel; our init is PID 1
+    // the guest's own kernel; our init is PID 1; the kernel unpacked the hard link as one inode with 2 names
+    expect(r.stdout).toMatch(new RegExp(`^on vmbox\n${(fx.info.release ?? '').replace(/\./g, '\\.')}\n/init \n 2 2 \\d+\n$`));
     expect(r.exit).toEqual({ exitCode: 3, signal: 0 });
     expect(r.code).toBe(0); // the guest powered off
   }, 90_000);

@@ -149,8 +149,14 @@ describeRoot('initramfs from snapshot layers', () => {
     expect(tool.mode & 0o7777).toBe(0o4755);
     expect([tool.uid, tool.gid]).toEqual([1000, 1000]);
     expect(tool.mtimeMs).toBe(t.getTime());
-    // hard links become copies with the same bytes
+    // a hard link stays one file: its data is in the archive once
     expect(readFileSync(join(x, 'tool-link'), 'utf8')).toBe('binary');
+    expect(lstatSync(join(x, 'tool-link')).ino).toBe(tool.ino);
+    const entries = readCpio(raw);
+    const [a, b] = ['tool', 'tool-link'].map((n) => entries.find((e) => e.name === n)!);
+    expect(a!.ino).toBe(b!.ino);
+    expect(a!.nlink).toBe(2);
+    expect([a!.size, b!.size]).toEqual([6, 0]); // the kernel links later names to the first (init/initramfs.c)
   });
 
   it('keeps symlinks as symlinks', async () => {
