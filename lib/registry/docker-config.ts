@@ -3,13 +3,16 @@
  * `~/.docker/config.json`, its `auths` map keyed by registry host (with or
  * without a scheme, Docker Hub as `https://index.docker.io/v1/`), each entry
  * holding `auth` (base64 of `user:password`) or `username` and `password`.
- * Credential helpers (`credsStore`, `credHelpers`) are not run.
+ * Credential helpers run as Docker runs them: `credHelpers[registry]`, else
+ * `credsStore`, is the program `docker-credential-<name>`, called with `get`
+ * and the server on stdin; it answers `{ Username, Secret }` as JSON.
  * @module
  */
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { InvalidArgumentError } from '../errors';
+import { InvalidArgumentError, NotFoundError, TimeoutError } from '../errors';
 
 /** A user name and password (or token used as a password) for a registry. */
 export interface RegistryCredentials {
@@ -64,9 +67,11 @@ export async function dockerCredentials(registry: string, env: NodeJS.ProcessEnv
   } catch (err) {
     throw new InvalidArgumentError(`${path} is not valid JSON: ${(err as Error).message}`, { cause: err });
   }
+  const wanted = normalizeRegistryKey(registry);
+  const helper = credentialHelperFor(config, wanted);
+  if (helper) return runCredentialHelper(helper.name, helper.server, path, env);
   const auths = (config as { auths?: unknown } | null)?.auths;
   if (typeof auths !== 'object' || auths === null) return undefined;
-  const wanted = normalizeRegistryKey(registry);
   for (const [key, value] of Object.entries(auths as Record<string, unknown>)) {
     if (normalizeRegistryKey(key) !== wanted || typeof value !== 'object' || value === null) continue;
     const entry = value as AuthEntry;
@@ -81,4 +86,61 @@ export async function dockerCredentials(registry: string, env: NodeJS.ProcessEnv
     }
   }
   return undefined;
+}
+
+/** The helper Docker would ask for `registry` (normalized), and the server name it passes. */
+function credentialHelperFor(config: unknown, registry: string): { name: string; server: string } | undefined {
+  const c = config as { credHelpers?: unknown; credsStore?: unknown } | null;
+  // Docker names Docker Hub by its old index URL to helpers
+  const server = registry === 'docker.io' ? 'https://index.docker.io/v1/' : registry;
+  if (typeof c?.credHelpers === 'object' && c.credHelpers !== null) {
+    for (const [key, name] of Object.entries(c.credHelpers as Record<string, unknown>)) {
+      if (typeof name === 'string' && name !== '' && normalizeRegistryKey(key) === registry) return { name, server };
+    }
+  }
+  if (typeof c?.credsStore === 'string' && c.credsStore !== '') return { name: c.credsStore, server };
+  return undefined;
+}
+
+/** How long a credential helper may take (a keychain may prompt; we never wait for that). */
+const HELPER_TIMEOUT_MS = 10_000;
+
+/**
+ * Runs `docker-credential-<name> get` with the server on stdin. A helper that
+ * has nothing for the server (it says "credentials not found") gives undefined.
+ */
+function runCredentialHelper(name: string, server: string, configPath: string, env: NodeJS.ProcessEnv): Promise<RegistryCredentials | undefined> {
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new InvalidArgumentError(`${configPath}: credential helper name '${name}' is not a plain program name`);
+  const program = `docker-credential-${name}`;
+  return new Promise((resolve, reject) => {
+    const child = execFile(program, ['get'], { env: { PATH: env.PATH ?? process.env.PATH ?? '/usr/bin:/bin', HOME: env.HOME ?? process.env.HOME ?? '/' }, timeout: HELPER_TIMEOUT_MS, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      if (err) {
+        const e = err as NodeJS.ErrnoException & { killed?: boolean; code?: string | number };
+        if (e.code === 'ENOENT') {
+          reject(new NotFoundError(`${configPath} names the credential helper '${name}', but ${program} is not on PATH`, { cause: err }));
+        } else if (e.killed) {
+          reject(new TimeoutError(`${program} did not answer within ${HELPER_TIMEOUT_MS} ms`, { cause: err }));
+        } else if (/credentials not found/i.test(`${stdout}${stderr}`)) {
+          resolve(undefined);
+        } else {
+          reject(new InvalidArgumentError(`${program} get failed: ${`${stderr}`.trim() || err.message}`, { cause: err }));
+        }
+        return;
+      }
+      let answer: { Username?: unknown; Secret?: unknown };
+      try {
+        answer = JSON.parse(stdout) as { Username?: unknown; Secret?: unknown };
+      } catch (parseErr) {
+        reject(new InvalidArgumentError(`${program} get did not answer JSON: ${stdout.slice(0, 200)}`, { cause: parseErr }));
+        return;
+      }
+      if (typeof answer.Username !== 'string' || typeof answer.Secret !== 'string') {
+        reject(new InvalidArgumentError(`${program} get answered without Username and Secret`));
+        return;
+      }
+      resolve({ username: answer.Username, password: answer.Secret });
+    });
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end(server);
+  });
 }

@@ -37,6 +37,37 @@ describe('registry auth and naming helpers', () => {
     expect(registryHost('docker.io')).toBe('registry-1.docker.io');
   });
 
+  it('runs credential helpers as Docker does: credHelpers for one registry, credsStore for the rest', async () => {
+    const dir = makeTempDir('docker-helpers');
+    try {
+      // A helper that knows one server; it reads the server from stdin, as Docker's helpers do.
+      const bin = join(dir, 'bin');
+      mkdirSync(bin);
+      writeFileSync(
+        join(bin, 'docker-credential-fake'),
+        '#!/bin/sh\n[ "$1" = get ] || exit 2\nread server\ncase "$server" in\n' +
+          '  127.0.0.1:5000) echo \'{"ServerURL":"127.0.0.1:5000","Username":"carol","Secret":"from-helper"}\' ;;\n' +
+          '  https://index.docker.io/v1/) echo \'{"ServerURL":"x","Username":"dave","Secret":"hub"}\' ;;\n' +
+          '  *) echo "credentials not found in native keychain"; exit 1 ;;\nesac\n',
+        { mode: 0o755 },
+      );
+      writeFileSync(join(bin, 'docker-credential-broken'), '#!/bin/sh\necho "keychain locked" >&2\nexit 3\n', { mode: 0o755 });
+      const env = { DOCKER_CONFIG: dir, PATH: `${bin}:/usr/bin:/bin` };
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ auths: { '127.0.0.1:5000': {} }, credHelpers: { '127.0.0.1:5000': 'fake' }, credsStore: 'fake' }));
+      expect(await dockerCredentials('127.0.0.1:5000', env)).toEqual({ username: 'carol', password: 'from-helper' });
+      expect(await dockerCredentials('docker.io', env)).toEqual({ username: 'dave', password: 'hub' });
+      expect(await dockerCredentials('ghcr.io', env)).toBeUndefined();
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ credsStore: 'broken' }));
+      await expect(dockerCredentials('ghcr.io', env)).rejects.toThrow(/docker-credential-broken get failed: keychain locked/);
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ credsStore: 'absent' }));
+      await expect(dockerCredentials('ghcr.io', env)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND', message: expect.stringContaining('docker-credential-absent is not on PATH') });
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ credsStore: '../../bin/sh' }));
+      await expect(dockerCredentials('ghcr.io', env)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+    } finally {
+      removeTempDir(dir);
+    }
+  });
+
   it('reads credentials from $DOCKER_CONFIG/config.json (auth or username/password)', async () => {
     const dir = makeTempDir('docker-config');
     try {
@@ -130,6 +161,19 @@ describeRoot('registry authentication against docker-registry', () => {
       const rt2 = await Runtime.open({ root: join(dir, 'root-basic') });
       const pulled = await rt2.images.pull(`${registry.host}/basic:v1`);
       expect(pulled.digest).toBe(img.digest);
+      // and through a credential helper named in the config, as Docker runs it
+      const bin = join(dir, 'helper-bin');
+      mkdirSync(bin, { recursive: true });
+      writeFileSync(join(bin, 'docker-credential-test'), `#!/bin/sh\nread server\n[ "$server" = "${registry.host}" ] || exit 1\necho '{"Username":"alice","Secret":"wonderland"}'\n`, { mode: 0o755 });
+      writeFileSync(join(cfg, 'config.json'), JSON.stringify({ credHelpers: { [registry.host]: 'test' } }));
+      const savedPath = process.env.PATH;
+      process.env.PATH = `${bin}:${savedPath ?? '/usr/bin:/bin'}`;
+      try {
+        const rt3 = await Runtime.open({ root: join(dir, 'root-helper') });
+        expect((await rt3.images.pull(`${registry.host}/basic:v1`)).digest).toBe(img.digest);
+      } finally {
+        process.env.PATH = savedPath;
+      }
     });
   });
 
