@@ -17,18 +17,6 @@
 #include "macros.h"
 #include "nacelle.h"
 
-/* Creates a promise and queues `data` as async work on the libuv pool. */
-static napi_value queue_work(napi_env env, const char *resource, napi_async_execute_callback execute,
-                             napi_async_complete_callback complete, void *data, napi_async_work *work,
-                             napi_deferred *deferred) {
-  napi_value promise, name;
-  NAPI_CALL(env, napi_create_promise(env, deferred, &promise));
-  NAPI_CALL(env, napi_create_string_utf8(env, resource, NAPI_AUTO_LENGTH, &name));
-  NAPI_CALL(env, napi_create_async_work(env, NULL, name, execute, complete, data, work));
-  NAPI_CALL(env, napi_queue_async_work(env, *work));
-  return promise;
-}
-
 /* ---- spawn -------------------------------------------------------------- */
 
 struct spawn_job {

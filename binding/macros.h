@@ -46,6 +46,11 @@ napi_value nacelle_errno_error(napi_env env, int err, const char *syscall, const
 napi_value nacelle_error_with_message(napi_env env, int err, const char *syscall, const char *path, const char *message);
 void nacelle_throw_errno(napi_env env, int err, const char *syscall, const char *path);
 
+/* Creates a promise and queues `data` as async work on the libuv pool (NULL: exception pending). */
+napi_value queue_work(napi_env env, const char *resource, napi_async_execute_callback execute,
+                      napi_async_complete_callback complete, void *data, napi_async_work *work,
+                      napi_deferred *deferred);
+
 /* A list of allocations freed together (one per request). */
 struct arena {
   void **ptrs;

@@ -95,7 +95,7 @@ export type { VmBackendName, VmBackendChoice, QemuAccel, BackendSelection } from
 export { FrameType, FrameDecoder, encodeFrame, encodeStdin, encodeSignal, decodeExit, encodeExit, PROTOCOL_VERSION, FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD } from './vm/protocol';
 export type { Frame, GuestExit, FrameTypeNumber } from './vm/protocol';
 export { writeRootfsArchive } from './vm/guest/initramfs';
-export { VirtualMachine, removeVmSnapshot, VM_MEMORY_MIN_MIB, VM_MEMORY_MAX_MIB } from './vm/machine';
+export { VirtualMachine, VM_MEMORY_MIN_MIB, VM_MEMORY_MAX_MIB } from './vm/machine';
 export type {
   VirtualMachineOptions,
   VirtualMachineExit,
@@ -109,4 +109,4 @@ export type {
 export { extractVmlinux, vmlinuxFromBzImage, decodeLz4Legacy } from './vm/guest/vmlinux';
 export { KvmMachine, kvmCmdline, kvmKernelImage, KVM_GUEST_CHANNEL_DEVICE, KVM_MACHINE_BINARY } from './vm/kvm-machine';
 export type { KvmMachineOptions } from './vm/kvm-machine';
-export type { VmMachine, VmMachineEnd, VmMachineMemory, VmMachineCpuTime } from './vm/machine-types';
+export type { VmMachine, VmMachineEnd, VmMachineMemory, VmMachineCpuTime, VmBootOptions } from './vm/machine-types';

@@ -340,10 +340,8 @@ static napi_value KvmCreate(napi_env env, napi_callback_info info) {
     }
   }
   if (ok) {
-    ok = napi_create_promise(env, &j->deferred, &promise) == napi_ok &&
-         napi_create_string_utf8(env, "nacelle:vm-create", NAPI_AUTO_LENGTH, &name) == napi_ok &&
-         napi_create_async_work(env, NULL, name, create_execute, create_complete, j, &j->work) == napi_ok &&
-         napi_queue_async_work(env, j->work) == napi_ok;
+    promise = queue_work(env, "nacelle:vm-create", create_execute, create_complete, j, &j->work, &j->deferred);
+    ok = promise != NULL;
   }
   if (!ok) {
     if (h->tsfn_live) napi_release_threadsafe_function(h->on_exit, napi_tsfn_abort);
@@ -541,17 +539,15 @@ static void op_complete(napi_env env, napi_status status, void *data) {
 
 static napi_value queue_op(napi_env env, napi_value handle, struct vm_handle *h, enum vm_op op, const char *dir) {
   struct op_job *j = calloc(1, sizeof *j);
-  if (!j) return NULL;
+  if (!j || (dir && !(j->dir = strdup(dir)))) {
+    free(j);
+    nacelle_throw_errno(env, ENOMEM, "kvm", NULL);
+    return NULL;
+  }
   j->h = h;
   j->op = op;
-  if (dir) j->dir = strdup(dir);
-  napi_value promise, name;
   NAPI_CALL(env, napi_create_reference(env, handle, 1, &j->handle_ref));
-  NAPI_CALL(env, napi_create_promise(env, &j->deferred, &promise));
-  NAPI_CALL(env, napi_create_string_utf8(env, "nacelle:vm-op", NAPI_AUTO_LENGTH, &name));
-  NAPI_CALL(env, napi_create_async_work(env, NULL, name, op_execute, op_complete, j, &j->work));
-  NAPI_CALL(env, napi_queue_async_work(env, j->work));
-  return promise;
+  return queue_work(env, "nacelle:vm-op", op_execute, op_complete, j, &j->work, &j->deferred);
 }
 
 static napi_value KvmPause(napi_env env, napi_callback_info info) {

@@ -18,16 +18,13 @@ import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { InvalidArgumentError } from '../errors';
 import { extractVmlinux } from './guest/vmlinux';
 import { VirtualMachine, type VirtualMachineExit } from './machine';
-import { type VmMachine, type VmMachineCpuTime, type VmMachineEnd, type VmMachineMemory, lastLines } from './machine-types';
+import { type VmBootOptions, type VmMachine, type VmMachineCpuTime, type VmMachineEnd, type VmMachineMemory } from './machine-types';
 
 /** Where the guest sees the channel on the built-in monitor: its virtio-console has no multiport, so its port is the hvc0 console. */
 export const KVM_GUEST_CHANNEL_DEVICE = '/dev/hvc0';
 
 /** Program name the built-in monitor is listed under in {@link KvmMachine.binary}: it has no binary of its own. */
 export const KVM_MACHINE_BINARY = 'nacelle-kvm';
-
-/** Bytes of the console tail kept for error reports. */
-const CONSOLE_TAIL_BYTES = 16 * 1024;
 
 /** How long wait() lets the channel's last bytes arrive after the VM ended. */
 const CHANNEL_DRAIN_MS = 1000;
@@ -46,19 +43,9 @@ export function kvmCmdline(extra?: string): string {
 }
 
 /** Options of {@link KvmMachine.start}. */
-export interface KvmMachineOptions {
+export interface KvmMachineOptions extends VmBootOptions {
   /** An ELF vmlinux with a PVH note (see {@link kvmKernelImage} to get one from a bzImage), or a bzImage (64-bit boot protocol). */
   kernel: string;
-  /** An initramfs (cpio, optionally gzip-compressed). */
-  initrd?: string;
-  /** Kernel command line words after {@link kvmCmdline}'s defaults; later words win. */
-  cmdline?: string;
-  /** Use `cmdline` as the whole command line. */
-  rawCmdline?: boolean;
-  /** vCPUs (default 1). */
-  cpus?: number;
-  /** Guest memory in MiB (default 256; the monitor takes 8 to 3072). */
-  memoryMiB?: number;
   /** Block devices (virtio-blk: `/dev/vda`, `/dev/vdb`, … in order); read-only unless `readonly: false`. */
   disks?: readonly {
     /** A raw image file. */
@@ -66,8 +53,6 @@ export interface KvmMachineOptions {
     /** Read-only unless false. */
     readonly?: boolean;
   }[];
-  /** Give the guest a virtio-console channel ({@link KVM_GUEST_CHANNEL_DEVICE}); default false. */
-  channel?: boolean;
 }
 
 const extracting = new Map<string, Promise<string>>();
@@ -137,7 +122,6 @@ export class KvmMachine implements VmMachine {
   /** The monitor's VM. */
   readonly vm: VirtualMachine;
   readonly #console = new PassThrough();
-  #tail: Buffer = Buffer.alloc(0);
   #killSignal: NodeJS.Signals | undefined;
   #exit: Promise<VmMachineEnd>;
   #ended = false;
@@ -150,8 +134,6 @@ export class KvmMachine implements VmMachine {
     this.memoryMiB = vm.memoryMiB;
     this.startedAt = startedAt;
     vm.console.on('data', (chunk: Buffer) => {
-      this.#tail = Buffer.concat([this.#tail, chunk]);
-      if (this.#tail.length > CONSOLE_TAIL_BYTES) this.#tail = this.#tail.subarray(this.#tail.length - CONSOLE_TAIL_BYTES);
       // Nobody may be reading the console: keep at most 1 MiB buffered (the tail has the end of it).
       if (this.#console.readableLength < 1024 * 1024) this.#console.write(chunk);
     });
@@ -257,7 +239,7 @@ export class KvmMachine implements VmMachine {
 
   /** The last lines of the console, for error reports. */
   consoleTail(lines = 30): string {
-    return lastLines(this.#tail, lines);
+    return this.vm.consoleTail(lines);
   }
 
   /** Empty: the monitor reports why a VM ended through {@link wait}'s description, not on the console. */

@@ -6,6 +6,22 @@
  */
 import type { Readable, Writable } from 'node:stream';
 
+/** What either machine boots with, besides its kernel. */
+export interface VmBootOptions {
+  /** An initramfs (cpio, optionally gzip-compressed). */
+  initrd?: string;
+  /** Kernel command line words after the machine's defaults (console, panic, …); later words win. */
+  cmdline?: string;
+  /** Use `cmdline` as the whole command line. */
+  rawCmdline?: boolean;
+  /** Virtual CPUs (default 1). */
+  cpus?: number;
+  /** Guest memory in MiB (default 256; the built-in monitor takes 8 to 3072). */
+  memoryMiB?: number;
+  /** Give the guest a channel to the host (default false): a virtio-serial port on qemu, a virtio-console on the monitor. */
+  channel?: boolean;
+}
+
 /** Memory figures of a machine, in bytes. */
 export interface VmMachineMemory {
   /** Now: qemu's VmRSS; the built-in monitor's resident guest RAM. */

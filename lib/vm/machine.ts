@@ -4,11 +4,12 @@
  * I/O thread; the serial console and the host↔guest channel are Duplex streams.
  * @module
  */
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import { InvalidArgumentError, NotFoundError, StateError, TimeoutError, fromNativeError } from '../errors';
+import { lastLines } from './machine-types';
 import { type NativeVmCreated, type NativeVmExit, type NativeVmHandle, native } from '../native';
 
 /** Smallest and largest guest memory the monitor accepts (RAM lies below the 32-bit MMIO hole). */
@@ -105,7 +106,8 @@ interface SnapshotConfig {
   channel: boolean;
 }
 
-const TAIL_BYTES = 4096;
+/** Console bytes kept for error reports. */
+const TAIL_BYTES = 16 * 1024;
 
 /**
  * A VM on the built-in monitor. Create it, optionally attach to
@@ -128,8 +130,7 @@ export class VirtualMachine {
   #resolveExit!: (exit: VirtualMachineExit) => void;
   #state: VirtualMachineState = 'created';
   #exit: VirtualMachineExit | undefined;
-  #tail: Buffer[] = [];
-  #tailBytes = 0;
+  #tail: Buffer = Buffer.alloc(0);
   #consoleSocket!: Socket;
   #consoleDrained!: Promise<void>;
 
@@ -234,9 +235,9 @@ export class VirtualMachine {
     return this.#exit;
   }
 
-  /** The last 4 KiB the console printed (for error messages). */
-  consoleTail(): string {
-    return Buffer.concat(this.#tail).toString('utf8');
+  /** The last `lines` lines the console printed (of its last 16 KiB), for error reports. */
+  consoleTail(lines = 30): string {
+    return lastLines(this.#tail, lines);
   }
 
   /** Starts the vCPUs. */
@@ -375,11 +376,8 @@ export class VirtualMachine {
     });
     const out = new PassThrough({ highWaterMark: 1 << 20 });
     socket.on('data', (chunk: Buffer) => {
-      this.#tail.push(chunk);
-      this.#tailBytes += chunk.length;
-      while (this.#tailBytes - (this.#tail[0]?.length ?? 0) >= TAIL_BYTES && this.#tail.length > 1) {
-        this.#tailBytes -= this.#tail.shift()!.length;
-      }
+      this.#tail = Buffer.concat([this.#tail, chunk]);
+      if (this.#tail.length > TAIL_BYTES) this.#tail = this.#tail.subarray(this.#tail.length - TAIL_BYTES);
       if (!out.write(chunk)) socket.pause();
     });
     out.on('drain', () => socket.resume());
@@ -416,12 +414,4 @@ export class VirtualMachine {
     this.#state = 'exited';
     this.#resolveExit(exit);
   }
-}
-
-/** Removes a snapshot directory (its memory file can be large). */
-export async function removeVmSnapshot(dir: string): Promise<void> {
-  const abs = resolve(dir);
-  const s = await stat(join(abs, 'vm.state')).catch(() => null);
-  if (!s) throw new NotFoundError(`${abs} is not a VM snapshot (no vm.state)`);
-  await rm(abs, { recursive: true, force: true });
 }

@@ -19,7 +19,7 @@ import { InvalidArgumentError, StateError } from '../errors';
 import { type ExitStatus, type Process, spawn } from '../process/spawn';
 import { type QemuAccel, findQemu, hardwareKvmMissing } from './backend';
 import { probeKvm } from './kvm';
-import { type VmMachine, lastLines } from './machine-types';
+import { type VmBootOptions, type VmMachine, lastLines } from './machine-types';
 
 /** A block device for the guest (virtio-blk on virtio-mmio: `/dev/vda`, `/dev/vdb`, … in order). */
 export interface QemuDisk {
@@ -38,21 +38,11 @@ export interface QemuCpuTime {
 }
 
 /** Options of {@link QemuMachine.start}. */
-export interface QemuMachineOptions {
+export interface QemuMachineOptions extends VmBootOptions {
   /** The qemu binary (default: {@link findQemu}). */
   qemu?: string;
   /** A bzImage. */
   kernel: string;
-  /** An initramfs (cpio, optionally gzip-compressed). */
-  initrd?: string;
-  /** Kernel command line after nacelle's defaults (console, panic, timer flags); later words win. */
-  cmdline?: string;
-  /** Replace nacelle's default command line entirely. */
-  rawCmdline?: boolean;
-  /** Virtual CPUs (default 1). */
-  cpus?: number;
-  /** Guest memory in MiB (default 256). */
-  memoryMiB?: number;
   /** `kvm` or `tcg` (default: kvm where /dev/kvm is hardware virtualization, tcg otherwise: under PVM a guest on qemu+kvm dies). */
   accel?: QemuAccel;
   /**
@@ -61,8 +51,6 @@ export interface QemuMachineOptions {
    * (Ctrl-A x quits), for interactive boots. `inherit` cannot have a channel.
    */
   console?: 'pipe' | 'inherit';
-  /** Give the guest a virtio-serial port ({@link GUEST_CHANNEL_DEVICE}) connected to qemu's stdin and stdout (default false). */
-  channel?: boolean;
   /** Block devices. */
   disks?: readonly QemuDisk[];
   /** Extra qemu arguments, appended last. */

@@ -17,18 +17,13 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { InvalidArgumentError, UnsupportedError } from '../../../lib/errors';
-import type { Image } from '../../../lib/image/image';
-import { Runtime } from '../../../lib/runtime';
 import { hardwareKvmMissing, monitorAvailability } from '../../../lib/vm/backend';
-import { guestInitPath } from '../../../lib/vm/guest/initramfs';
 import { probeKvm } from '../../../lib/vm/kvm';
 import { KVM_GUEST_CHANNEL_DEVICE, KVM_MACHINE_BINARY, kvmCmdline, kvmKernelImage } from '../../../lib/vm/kvm-machine';
 import type { VmRunOptions, VmStateFile } from '../../../lib/vm/vms';
 import { VmTimeoutError } from '../../../lib/vm/workload';
-import { busyboxImage } from '../../helpers/busybox';
 import { describeKvm, describeRoot } from '../../helpers/gate';
-import { makeTempDir, removeTempDir } from '../../helpers/tmp';
-import { type KernelFixture, kernelFixture } from '../guest/fixtures';
+import { vmSuite } from './suite';
 
 async function text(s: Readable): Promise<string> {
   let out = '';
@@ -59,32 +54,13 @@ const hardware = hardwareKvmMissing(probeKvm()) === null;
 
 // root (images, initramfs building, the read-only mount below, as the qemu suite) and /dev/kvm
 describeRoot('rt.vms (kvm backend: the built-in monitor)', () => describeKvm('on /dev/kvm', () => {
-  let dir: string;
-  let rt: Runtime;
-  let img: Image;
+  const s = vmSuite('vms-kvm');
   let kernelArgs: Pick<VmRunOptions, 'kernel' | 'kernelModules'> = {};
-  let kernelFx: KernelFixture | undefined;
-
-  beforeAll(async () => {
-    dir = makeTempDir('vms-kvm');
-    rt = await Runtime.open({ root: join(dir, 'root') });
-    img = await busyboxImage(rt, dir);
-    guestInitPath(); // fails here, clearly, when the guest init is not built
-    kernelFx = await kernelFixture();
-    const kernel = kernelFx.info;
-    kernelArgs = { kernel: kernel.kernel, ...(kernel.modulesDir ? { kernelModules: kernel.modulesDir } : {}) };
-  }, 120_000);
-
+  beforeAll(() => {
+    kernelArgs = s.kernelArgs;
+  });
   afterAll(() => {
-    if (!dir) return;
-    try {
-      const left = existsSync(join(dir, 'root', 'vms')) ? readdirSync(join(dir, 'root', 'vms')).filter((n) => /^[0-9a-f]{64}$/.test(n)) : [];
-      expect(left).toEqual([]);
-      expect(kvmFds()).toEqual([]);
-    } finally {
-      removeTempDir(dir);
-      kernelFx?.cleanup();
-    }
+    if (s.dir) expect(kvmFds()).toEqual([]);
   });
 
   it(
@@ -93,11 +69,11 @@ describeRoot('rt.vms (kvm backend: the built-in monitor)', () => describeKvm('on
       : 'boots the kernel through PVH on the built-in monitor (PVM: too slow to reach init), times out with the banner in the console tail, and leaves nothing',
     async () => {
       if (!monitorAvailability().available) {
-        await expect(rt.vms.run(img, { cmd: ['echo', 'hi'], backend: 'kvm', ...kernelArgs })).rejects.toBeInstanceOf(UnsupportedError);
+        await expect(s.rt.vms.run(s.img, { cmd: ['echo', 'hi'], backend: 'kvm', ...kernelArgs })).rejects.toBeInstanceOf(UnsupportedError);
         return;
       }
       const threadsBefore = threads();
-      const vm = await rt.vms.run(img, { backend: 'kvm', cmd: ['echo', 'hi'], bootTimeoutMs: BOOT_TIMEOUT_MS, ...kernelArgs });
+      const vm = await s.rt.vms.run(s.img, { backend: 'kvm', cmd: ['echo', 'hi'], bootTimeoutMs: BOOT_TIMEOUT_MS, ...kernelArgs });
       try {
         expect(vm.backend).toBe('kvm');
         expect(vm.backendLabel).toBe('kvm monitor');
@@ -137,7 +113,7 @@ describeRoot('rt.vms (kvm backend: the built-in monitor)', () => describeKvm('on
         expect(vm.status).toBe('exited');
         expect(vm.pid).toBeUndefined();
         expect(existsSync(vm.dir)).toBe(false); // autoRemove
-        expect(rt.vms.running()).toEqual([]);
+        expect(s.rt.vms.running()).toEqual([]);
         expect(kvmFds()).toEqual([]);
         expect([...threads()].filter((t) => !threadsBefore.has(t))).toEqual([]); // the vCPU and I/O threads are gone
         expect((await vm.stats()).memory!.peakRssBytes).toBeGreaterThanOrEqual(running.memory!.rssBytes);
@@ -150,18 +126,18 @@ describeRoot('rt.vms (kvm backend: the built-in monitor)', () => describeKvm('on
 
   it('refuses guest memory the monitor cannot give before anything boots', async () => {
     if (!monitorAvailability().available) return;
-    await expect(rt.vms.run(img, { cmd: ['true'], backend: 'kvm', memoryMiB: 4096, ...kernelArgs })).rejects.toBeInstanceOf(InvalidArgumentError);
-    expect(readdirSync(join(dir, 'root', 'vms')).filter((n) => /^[0-9a-f]{64}$/.test(n))).toEqual([]);
+    await expect(s.rt.vms.run(s.img, { cmd: ['true'], backend: 'kvm', memoryMiB: 4096, ...kernelArgs })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect(readdirSync(join(s.dir, 'root', 'vms')).filter((n) => /^[0-9a-f]{64}$/.test(n))).toEqual([]);
   });
 
   it(
     'extracts a vmlinux once, beside its bzImage, or under the fallback cache where that directory is read-only; an ELF is used as it is',
     async () => {
       const bz = kernelArgs.kernel!;
-      const rw = join(dir, 'kernels-rw');
+      const rw = join(s.dir, 'kernels-rw');
       mkdirSync(rw);
       copyFileSync(bz, join(rw, 'vmlinuz-test'));
-      const fallback = join(dir, 'kernel-cache');
+      const fallback = join(s.dir, 'kernel-cache');
       // two at once share one extraction
       const [a, b] = await Promise.all([kvmKernelImage(join(rw, 'vmlinuz-test'), fallback), kvmKernelImage(join(rw, 'vmlinuz-test'), fallback)]);
       expect(a).toBe(join(rw, 'vmlinux-test'));
@@ -169,7 +145,7 @@ describeRoot('rt.vms (kvm backend: the built-in monitor)', () => describeKvm('on
       expect(readdirSync(rw).sort()).toEqual(['vmlinux-test', 'vmlinuz-test']);
       expect(await kvmKernelImage(a, fallback)).toBe(a);
       // a read-only directory: the fallback cache, one subdirectory per bzImage path
-      const ro = join(dir, 'kernels-ro');
+      const ro = join(s.dir, 'kernels-ro');
       mkdirSync(ro);
       execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', ro]);
       try {

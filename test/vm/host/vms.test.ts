@@ -10,19 +10,15 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, NotFoundError, SpawnError, UnsupportedError } from '../../../lib/errors';
-import type { Image } from '../../../lib/image/image';
 import { writeBusyboxRootfs } from '../../../lib/image/busybox';
 import { Runtime } from '../../../lib/runtime';
 import { chooseBackend, hardwareKvmMissing, monitorAvailability } from '../../../lib/vm/backend';
 import { probeKvm } from '../../../lib/vm/kvm';
-import { guestInitPath } from '../../../lib/vm/guest/initramfs';
 import type { VmRunOptions } from '../../../lib/vm/vms';
 import { VmFailedError, VmTimeoutError, type VmWorkload } from '../../../lib/vm/workload';
-import { busyboxImage } from '../../helpers/busybox';
 import { describeRoot } from '../../helpers/gate';
-import { makeTempDir, removeTempDir } from '../../helpers/tmp';
 import { eventually } from '../../helpers/proc';
-import { type KernelFixture, kernelFixture } from '../guest/fixtures';
+import { vmSuite } from './suite';
 
 async function text(s: Readable): Promise<string> {
   let out = '';
@@ -48,54 +44,33 @@ function firstOutput(vm: VmWorkload): Promise<string> {
 }
 
 describeRoot('rt.vms (qemu backend)', () => {
-  let dir: string;
-  let rt: Runtime;
-  let img: Image;
+  const s = vmSuite('vms');
   // (where auto would pick the built-in monitor, this suite asks for qemu: test/vm/host/vms-kvm.test.ts covers the monitor)
   let kernelArgs: Pick<VmRunOptions, 'kernel' | 'kernelModules' | 'backend'> = {};
-  let kernelFx: KernelFixture | undefined;
   const vms: VmWorkload[] = [];
 
-  beforeAll(async () => {
-    dir = makeTempDir('vms');
-    rt = await Runtime.open({ root: join(dir, 'root') });
-    img = await busyboxImage(rt, dir);
-    guestInitPath(); // fails here, clearly, when the guest init is not built
-    // A fresh machine has no kernel: Debian's cloud kernel, fetched into a temporary cache (~10 s).
-    kernelFx = await kernelFixture();
-    const kernel = kernelFx.info;
-    kernelArgs = {
-      kernel: kernel.kernel,
-      ...(kernel.modulesDir ? { kernelModules: kernel.modulesDir } : {}),
-      ...(chooseBackend('auto').backend === 'qemu' ? {} : { backend: 'qemu' as const }),
-    };
-  }, 120_000);
+  beforeAll(() => {
+    kernelArgs = { ...s.kernelArgs, ...(chooseBackend('auto').backend === 'qemu' ? {} : { backend: 'qemu' as const }) };
+  });
 
   afterEach(async () => {
     for (const vm of vms.splice(0)) await vm.remove({ force: true }).catch(() => undefined);
-    for (const c of await rt.containers.list({ all: true })) await c.remove({ force: true });
+    for (const c of await s.rt.containers.list({ all: true })) await c.remove({ force: true });
   });
 
-  afterAll(async () => {
-    try {
-      expect(ourQemus()).toEqual([]);
-      const left = existsSync(join(dir, 'root', 'vms')) ? readdirSync(join(dir, 'root', 'vms')).filter((n) => /^[0-9a-f]{64}$/.test(n)) : [];
-      expect(left).toEqual([]);
-    } finally {
-      removeTempDir(dir);
-      kernelFx?.cleanup();
-    }
+  afterAll(() => {
+    if (s.dir) expect(ourQemus()).toEqual([]);
   });
 
   async function inVm(cmd: string[], options: VmRunOptions = {}) {
-    const vm = await rt.vms.run(img, { cmd, ...kernelArgs, ...options });
+    const vm = await s.rt.vms.run(s.img, { cmd, ...kernelArgs, ...options });
     vms.push(vm);
     const [stdout, stderr, exit] = await Promise.all([text(vm.stdout), text(vm.stderr), vm.wait()]);
     return { vm, stdout, stderr, exit };
   }
 
   async function inContainer(cmd: string[]) {
-    const c = await rt.containers.run(img, { cmd });
+    const c = await s.rt.containers.run(s.img, { cmd });
     const [stdout, stderr, exit] = await Promise.all([text(c.stdout), text(c.stderr), c.wait()]);
     return { stdout, stderr, exit };
   }
@@ -163,7 +138,7 @@ describeRoot('rt.vms (qemu backend)', () => {
       const cmd = ['sh', '-c', 'cat /etc/passwd; id -u; pwd; echo $HOME $PATH'];
       const options = { user: 'app', workdir: '/tmp' } as const;
       const vm = await inVm(cmd, options);
-      const c = await rt.containers.run(img, { cmd, ...options });
+      const c = await s.rt.containers.run(s.img, { cmd, ...options });
       const [cout, cexit] = await Promise.all([text(c.stdout), c.wait()]);
       expect(vm.exit.exitCode).toBe(0);
       expect(cexit.exitCode).toBe(0);
@@ -180,24 +155,24 @@ describeRoot('rt.vms (qemu backend)', () => {
       const cmd = ['sh', '-c', 'cat /etc/passwd; pwd; grep -c " / overlay " /proc/mounts; echo ok > /etc/x && cat /etc/x'];
       const vm = await inVm(cmd, { rootfs: 'disk', workdir: '/srv/new' });
       expect(vm.exit).toEqual({ exitCode: 0, signal: null, reason: 'exited' });
-      const c = await rt.containers.run(img, { cmd: ['sh', '-c', 'cat /etc/passwd; pwd'], workdir: '/srv/new' });
+      const c = await s.rt.containers.run(s.img, { cmd: ['sh', '-c', 'cat /etc/passwd; pwd'], workdir: '/srv/new' });
       const [cout, cexit] = await Promise.all([text(c.stdout), c.wait()]);
       expect(cexit.exitCode).toBe(0);
       expect(vm.stdout).toBe(`${cout}1\nok\n`); // the same files and workdir; the root is the erofs disk; /tmp is writable
-      const disks = readdirSync(join(dir, 'root', 'vms', 'disk-cache'));
-      expect(disks).toEqual([`${img.digest.slice(7)}.erofs`]);
+      const disks = readdirSync(join(s.dir, 'root', 'vms', 'disk-cache'));
+      expect(disks).toEqual([`${s.img.digest.slice(7)}.erofs`]);
       // the disk is the VM's cost beside the per-run initramfs, which now holds no rootfs
       expect((await vm.vm.stats()).disk.initramfsBytes).toBeLessThan(2 * 1024 * 1024);
       // prune keeps the boot files of images in the store, and drops those of a removed image
-      const other = await img.withConfig({ Labels: { v: '2' } }, { createdBy: 'test' });
-      const vm2 = await rt.vms.run(other, { cmd: ['true'], rootfs: 'disk', ...kernelArgs });
+      const other = await s.img.withConfig({ Labels: { v: '2' } }, { createdBy: 'test' });
+      const vm2 = await s.rt.vms.run(other, { cmd: ['true'], rootfs: 'disk', ...kernelArgs });
       vms.push(vm2);
       expect((await vm2.wait()).exitCode).toBe(0);
-      expect(readdirSync(join(dir, 'root', 'vms', 'disk-cache')).sort()).toEqual([...disks, `${other.digest.slice(7)}.erofs`].sort());
-      await rt.images.remove(other.digest);
-      const pruned = await rt.prune();
+      expect(readdirSync(join(s.dir, 'root', 'vms', 'disk-cache')).sort()).toEqual([...disks, `${other.digest.slice(7)}.erofs`].sort());
+      await s.rt.images.remove(other.digest);
+      const pruned = await s.rt.prune();
       expect(pruned.vmCacheBytes).toBeGreaterThan(0);
-      expect(readdirSync(join(dir, 'root', 'vms', 'disk-cache'))).toEqual(disks);
+      expect(readdirSync(join(s.dir, 'root', 'vms', 'disk-cache'))).toEqual(disks);
     },
     VM_TEST_MS * 2,
   );
@@ -205,7 +180,7 @@ describeRoot('rt.vms (qemu backend)', () => {
   it(
     'forwards stdin, and kill() ends a running VM with nothing left',
     async () => {
-      const vm = await rt.vms.run(img, { cmd: ['sh', '-c', 'read line; echo "got $line"; exec sleep 1000'], stdin: true, ...kernelArgs });
+      const vm = await s.rt.vms.run(s.img, { cmd: ['sh', '-c', 'read line; echo "got $line"; exec sleep 1000'], stdin: true, ...kernelArgs });
       vms.push(vm);
       vm.stdin!.write('hello vm\n');
       const got = await firstOutput(vm);
@@ -224,7 +199,7 @@ describeRoot('rt.vms (qemu backend)', () => {
   it(
     'pause() freezes the whole VM and resume() lets it run on; stop() of a paused VM thaws it first, as for a container',
     async () => {
-      const vm = await rt.vms.run(img, { cmd: ['sh', '-c', 'trap "echo bye; exit 4" TERM; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done'], ...kernelArgs });
+      const vm = await s.rt.vms.run(s.img, { cmd: ['sh', '-c', 'trap "echo bye; exit 4" TERM; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done'], ...kernelArgs });
       vms.push(vm);
       let out = '';
       vm.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -252,7 +227,7 @@ describeRoot('rt.vms (qemu backend)', () => {
     "stop() and kill(signal) reach the guest's command as they reach a container's: its handlers run, its exit is reported",
     async () => {
       const cmd = ['sh', '-c', 'trap "echo bye; exit 3" TERM; trap "echo usr1" USR1; echo up; while :; do sleep 0.1; done'];
-      const vm = await rt.vms.run(img, { cmd, ...kernelArgs });
+      const vm = await s.rt.vms.run(s.img, { cmd, ...kernelArgs });
       vms.push(vm);
       const out = text(vm.stdout);
       expect(await firstOutput(vm)).toBe('up\n');
@@ -260,7 +235,7 @@ describeRoot('rt.vms (qemu backend)', () => {
       await new Promise((r) => setTimeout(r, 500));
       expect(await vm.stop({ timeout: 10 })).toEqual({ exitCode: 3, signal: null, reason: 'exited' });
       expect(await out).toBe('up\nusr1\nbye\n');
-      const c = await rt.containers.run(img, { cmd });
+      const c = await s.rt.containers.run(s.img, { cmd });
       const cout = text(c.stdout);
       await new Promise((r) => setTimeout(r, 300));
       await c.kill('SIGUSR1');
@@ -276,7 +251,7 @@ describeRoot('rt.vms (qemu backend)', () => {
   it(
     'stop() of a command that ignores SIGTERM ends the VM after the timeout',
     async () => {
-      const vm = await rt.vms.run(img, { cmd: ['sh', '-c', 'trap "" TERM; echo up; while :; do sleep 0.1; done'], ...kernelArgs });
+      const vm = await s.rt.vms.run(s.img, { cmd: ['sh', '-c', 'trap "" TERM; echo up; while :; do sleep 0.1; done'], ...kernelArgs });
       vms.push(vm);
       expect(await firstOutput(vm)).toBe('up\n');
       const t = Date.now();
@@ -290,12 +265,12 @@ describeRoot('rt.vms (qemu backend)', () => {
     'reports a command the guest cannot exec (ERROR frame) with its exit code and message',
     async () => {
       // Executable bits but no ELF header and no #!: execve fails with ENOEXEC inside the guest.
-      const rootfs = join(dir, 'noexec-rootfs');
+      const rootfs = join(s.dir, 'noexec-rootfs');
       mkdirSync(join(rootfs, 'bin'), { recursive: true });
       writeBusyboxRootfs(rootfs);
       writeFileSync(join(rootfs, 'bin', 'fake'), 'not a program\n', { mode: 0o755 });
-      const bad = await rt.images.fromDirectory(rootfs, { tag: 'noexec:1', config: { Cmd: ['/bin/fake'], Env: ['PATH=/bin'] } });
-      const vm = await rt.vms.run(bad, kernelArgs);
+      const bad = await s.rt.images.fromDirectory(rootfs, { tag: 'noexec:1', config: { Cmd: ['/bin/fake'], Env: ['PATH=/bin'] } });
+      const vm = await s.rt.vms.run(bad, kernelArgs);
       vms.push(vm);
       const [stdout, exit] = await Promise.all([text(vm.stdout), vm.wait()]);
       expect(stdout).toBe('');
@@ -311,7 +286,7 @@ describeRoot('rt.vms (qemu backend)', () => {
     async () => {
       // The kernel runs a shell as PID 1 instead of nacelle's init: it writes
       // to the console and sleeps; nothing ever reports.
-      const vm = await rt.vms.run(img, {
+      const vm = await s.rt.vms.run(s.img, {
         cmd: ['true'],
         cmdline: 'rdinit=/bin/sh -- -c "echo this guest never reports; exec sleep 1000"',
         bootTimeoutMs: 8_000,
@@ -332,7 +307,7 @@ describeRoot('rt.vms (qemu backend)', () => {
   it(
     'reports a VM that ends without an exit status (qemu refusing to start) with its messages',
     async () => {
-      const vm = await rt.vms.run(img, { cmd: ['true'], memoryMiB: 1024 * 1024, ...kernelArgs });
+      const vm = await s.rt.vms.run(s.img, { cmd: ['true'], memoryMiB: 1024 * 1024, ...kernelArgs });
       vms.push(vm);
       const err = await vm.wait().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(VmFailedError);
@@ -346,7 +321,7 @@ describeRoot('rt.vms (qemu backend)', () => {
     'takes the VM down with the Node process that ran it (exit or SIGKILL), and prune removes what a killed one left',
     async () => {
       for (const mode of ['exit', 'kill'] as const) {
-        const childDir = join(dir, `orphan-${mode}`);
+        const childDir = join(s.dir, `orphan-${mode}`);
         mkdirSync(childDir);
         const child = spawnSync(join(__dirname, '../../../node_modules/.bin/vite-node'), [join(__dirname, 'fixtures', 'orphan.ts'), childDir, mode], {
           encoding: 'utf8',
@@ -376,12 +351,12 @@ describeRoot('rt.vms (qemu backend)', () => {
 
   describe('bad input, refused before anything boots', () => {
     it('an image without a command, as a container refuses it', async () => {
-      const rootfs = join(dir, 'nocmd-rootfs');
+      const rootfs = join(s.dir, 'nocmd-rootfs');
       mkdirSync(rootfs, { recursive: true });
       writeBusyboxRootfs(rootfs);
-      const nocmd = await rt.images.fromDirectory(rootfs, { tag: 'nocmd:1', config: { Env: ['PATH=/bin'] } });
-      const vmErr = await rt.vms.run(nocmd, kernelArgs).catch((e: unknown) => e);
-      const ctrErr = await rt.containers.run(nocmd, {}).catch((e: unknown) => e);
+      const nocmd = await s.rt.images.fromDirectory(rootfs, { tag: 'nocmd:1', config: { Env: ['PATH=/bin'] } });
+      const vmErr = await s.rt.vms.run(nocmd, kernelArgs).catch((e: unknown) => e);
+      const ctrErr = await s.rt.containers.run(nocmd, {}).catch((e: unknown) => e);
       expect(vmErr).toBeInstanceOf(InvalidArgumentError);
       expect(vmErr).toMatchObject({ code: 'ERR_NO_COMMAND' });
       expect((vmErr as Error).message).toBe((ctrErr as Error).message);
@@ -389,8 +364,8 @@ describeRoot('rt.vms (qemu backend)', () => {
 
     it('a command missing in the image (ENOENT, as execve in a container), or not executable (EACCES)', async () => {
       for (const cmd of [['/bin/no-such-program'], ['no-such-program'], ['/etc/passwd']]) {
-        const vmErr = await rt.vms.run(img, { cmd, ...kernelArgs }).catch((e: unknown) => e);
-        const ctrErr = await rt.containers.run(img, { cmd }).catch((e: unknown) => e);
+        const vmErr = await s.rt.vms.run(s.img, { cmd, ...kernelArgs }).catch((e: unknown) => e);
+        const ctrErr = await s.rt.containers.run(s.img, { cmd }).catch((e: unknown) => e);
         expect(vmErr).toBeInstanceOf(SpawnError);
         expect(ctrErr).toBeInstanceOf(SpawnError);
         expect(vmErr).toMatchObject({ code: (ctrErr as SpawnError).code, step: 'execve', path: cmd[0] });
@@ -399,25 +374,25 @@ describeRoot('rt.vms (qemu backend)', () => {
     });
 
     it('a kernel that is missing or not a kernel', async () => {
-      const missing = await rt.vms.run(img, { cmd: ['true'], kernel: join(dir, 'no-such-bzImage') }).catch((e: unknown) => e);
-      expect(missing).toMatchObject({ message: expect.stringContaining(join(dir, 'no-such-bzImage')) });
+      const missing = await s.rt.vms.run(s.img, { cmd: ['true'], kernel: join(s.dir, 'no-such-bzImage') }).catch((e: unknown) => e);
+      expect(missing).toMatchObject({ message: expect.stringContaining(join(s.dir, 'no-such-bzImage')) });
       expect((missing as { code: string }).code).toMatch(/ENOENT|ERR_NOT_FOUND|ERR_NO_KERNEL/);
-      const fake = join(dir, 'fake-bzImage');
+      const fake = join(s.dir, 'fake-bzImage');
       writeFileSync(fake, 'not a kernel\n'.repeat(100));
-      const notKernel = await rt.vms.run(img, { cmd: ['true'], kernel: fake }).catch((e: unknown) => e);
+      const notKernel = await s.rt.vms.run(s.img, { cmd: ['true'], kernel: fake }).catch((e: unknown) => e);
       expect(notKernel).toBeInstanceOf(InvalidArgumentError);
       expect((notKernel as Error).message).toContain(fake);
     });
 
     it('an unknown backend, and bad sizes', async () => {
-      await expect(rt.vms.run(img, { cmd: ['true'], backend: 'bochs' as never })).rejects.toBeInstanceOf(UnsupportedError);
-      await expect(rt.vms.run(img, { cmd: ['true'], cpus: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
-      await expect(rt.vms.run(img, { cmd: ['true'], memoryMiB: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
-      await expect(rt.vms.run('no-such-image:1', { cmd: ['true'] })).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.rt.vms.run(s.img, { cmd: ['true'], backend: 'bochs' as never })).rejects.toBeInstanceOf(UnsupportedError);
+      await expect(s.rt.vms.run(s.img, { cmd: ['true'], cpus: 0 })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.rt.vms.run(s.img, { cmd: ['true'], memoryMiB: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.rt.vms.run('no-such-image:1', { cmd: ['true'] })).rejects.toBeInstanceOf(NotFoundError);
     });
 
     afterAll(() => {
-      const vmsDir = join(dir, 'root', 'vms');
+      const vmsDir = join(s.dir, 'root', 'vms');
       const left = existsSync(vmsDir) ? readdirSync(vmsDir).filter((n) => /^[0-9a-f]{64}$/.test(n)) : [];
       expect(left).toEqual([]);
     });
